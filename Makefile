@@ -1,0 +1,59 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Each creates the virtualenv and installs what it needs on its own.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+APT_GET := $(shell command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo) apt-get
+
+.PHONY: demo test test-fast test-slow lint typecheck bench system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[redis,examples,dev]'
+	touch $(STAMP)
+
+# Debian packages the real-component tests use: a Redis server and a browser.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq $$missing; \
+	fi
+
+demo: $(STAMP)
+	@if [ -f examples/asgi_app.py ]; then \
+		echo "open http://$(HOST):$(PORT)/ (Ctrl-C to stop)"; \
+		$(BIN)/python examples/asgi_app.py --host $(HOST) --port $(PORT); \
+	else \
+		$(BIN)/python examples/core_demo.py; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff format --check src tests examples benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict src
+
+test: $(STAMP) system-deps lint typecheck
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m 'not slow and not browser'
+
+test-slow: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q -m 'slow or browser'
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/core.py
+	@if [ -f benchmarks/fanout.py ]; then $(BIN)/python benchmarks/fanout.py; fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,128 @@
+"""sessionfanout: session-scoped event fan-out for servers that stream an agent's work.
+
+The sans-IO core (``registry``, ``batcher``, ``transformer``, ``history``,
+``permissions``, ``codec``) takes time as an argument; only ``Hub`` does I/O.
+"""
+
+from .agent import (
+    AgentComplete,
+    AgentError,
+    AgentEvent,
+    AgentPermissionRequest,
+    AgentTextComplete,
+    AgentTextDelta,
+    AgentToolResult,
+    AgentToolStart,
+    PermissionDecision,
+)
+from .batcher import Batch, DeltaBatcher
+from .codec import DEFAULT_MAX_FRAME_BYTES, decode_client, decode_server, encode, with_seq
+from .config import AuthorizeHook, HubConfig, SlowConsumerPolicy
+from .connection import Connection, Sink
+from .errors import (
+    BrokerUnavailable,
+    HubClosed,
+    InvalidArgument,
+    ProtocolError,
+    SessionFanoutError,
+    SessionMismatch,
+    UnknownAgentEvent,
+    UnknownConnection,
+)
+from .events import (
+    ClientError,
+    ClientMessage,
+    Complete,
+    ConfigChanged,
+    Connected,
+    CustomFrame,
+    Error,
+    GlobalEvent,
+    PermissionRequest,
+    PermissionRequestInfo,
+    PermissionResponse,
+    PermissionTimeout,
+    ServerEvent,
+    SessionEvent,
+    Subscribe,
+    Subscribed,
+    TextComplete,
+    TextDelta,
+    ToolResult,
+    ToolStart,
+    Unsubscribe,
+    Unsubscribed,
+)
+from .history import History, SessionState
+from .hub import ConnectionStatistics, CustomFrameHandler, Hub, HubStatistics
+from .permissions import PendingPermission, PermissionBroker
+from .registry import SubscriptionRegistry
+from .transformer import EventTransformer, Handler, UnknownEventPolicy
+
+__version__ = "0.1.0.dev0"
+
+__all__ = (
+    "DEFAULT_MAX_FRAME_BYTES",
+    "AgentComplete",
+    "AgentError",
+    "AgentEvent",
+    "AgentPermissionRequest",
+    "AgentTextComplete",
+    "AgentTextDelta",
+    "AgentToolResult",
+    "AgentToolStart",
+    "AuthorizeHook",
+    "Batch",
+    "BrokerUnavailable",
+    "ClientError",
+    "ClientMessage",
+    "Complete",
+    "ConfigChanged",
+    "Connected",
+    "Connection",
+    "ConnectionStatistics",
+    "CustomFrame",
+    "CustomFrameHandler",
+    "DeltaBatcher",
+    "Error",
+    "EventTransformer",
+    "GlobalEvent",
+    "Handler",
+    "History",
+    "Hub",
+    "HubClosed",
+    "HubConfig",
+    "HubStatistics",
+    "InvalidArgument",
+    "PendingPermission",
+    "PermissionBroker",
+    "PermissionDecision",
+    "PermissionRequest",
+    "PermissionRequestInfo",
+    "PermissionResponse",
+    "PermissionTimeout",
+    "ProtocolError",
+    "ServerEvent",
+    "SessionEvent",
+    "SessionFanoutError",
+    "SessionMismatch",
+    "SessionState",
+    "Sink",
+    "SlowConsumerPolicy",
+    "Subscribe",
+    "Subscribed",
+    "SubscriptionRegistry",
+    "TextComplete",
+    "TextDelta",
+    "ToolResult",
+    "ToolStart",
+    "UnknownAgentEvent",
+    "UnknownConnection",
+    "UnknownEventPolicy",
+    "Unsubscribe",
+    "Unsubscribed",
+    "decode_client",
+    "decode_server",
+    "encode",
+    "with_seq",
+)

@@ -1,0 +1,221 @@
+"""JSON text frames to and from the value classes of ``events``.
+
+The module owns one cattrs converter; conversion happens here and nowhere else.
+``encode`` runs once per event (the hub sends the same string to every
+subscriber). ``decode_client`` turns any client frame into a
+``ClientMessage`` or raises ``ProtocolError`` with the PROTOCOL.md code and a
+message naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection
+from typing import Any, Final, TypeVar
+
+import attrs
+import cattrs
+from cattrs.errors import AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from .errors import ProtocolError
+from .events import (
+    ClientError,
+    ClientMessage,
+    Complete,
+    ConfigChanged,
+    Connected,
+    CustomFrame,
+    Error,
+    PermissionRequest,
+    PermissionResponse,
+    PermissionTimeout,
+    ServerEvent,
+    Subscribe,
+    Subscribed,
+    TextComplete,
+    TextDelta,
+    ToolResult,
+    ToolStart,
+    Unsubscribe,
+    Unsubscribed,
+    wire_name,
+)
+
+__all__ = (
+    "DEFAULT_MAX_FRAME_BYTES",
+    "decode_client",
+    "decode_server",
+    "encode",
+    "with_seq",
+)
+
+DEFAULT_MAX_FRAME_BYTES: Final = 1024 * 1024
+"""PROTOCOL.md: frames over the limit (default 1 MiB) are rejected unparsed."""
+
+T = TypeVar("T")
+
+SERVER_TYPES: Final[dict[str, type[Any]]] = {
+    cls.TYPE: cls
+    for cls in (
+        Connected,
+        TextDelta,
+        TextComplete,
+        ToolStart,
+        ToolResult,
+        Complete,
+        Error,
+        PermissionRequest,
+        PermissionTimeout,
+        ConfigChanged,
+        Subscribed,
+        Unsubscribed,
+        ClientError,
+    )
+}
+CLIENT_TYPES: Final[dict[str, type[Any]]] = {
+    cls.TYPE: cls for cls in (Subscribe, Unsubscribe, PermissionResponse)
+}
+
+
+def _strict(kind: type[T], expected: str) -> Callable[[Any, Any], T]:
+    # cattrs' default hooks coerce (str(5) == "5", int("7") == 7); the wire
+    # protocol says the types are checked, so a wrong type is an error.
+    def structure(value: Any, _: Any) -> T:
+        if type(value) is not kind:
+            raise TypeError(f"expected {expected}, got {_json_kind(value)}")
+        return value
+
+    return structure
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
+    converter.register_structure_hook(str, _strict(str, "a string"))
+    converter.register_structure_hook(bool, _strict(bool, "a boolean"))
+    converter.register_structure_hook(int, _strict(int, "an integer"))
+
+    def renames(cls: type[Any], *, omit: bool) -> dict[str, Any]:
+        return {
+            field.name: override(
+                rename=wire_name(field.name), omit_if_default=omit and field.default is None
+            )
+            for field in attrs.fields(cls)
+        }
+
+    converter.register_unstructure_hook_factory(
+        attrs.has, lambda cls: make_dict_unstructure_fn(cls, converter, **renames(cls, omit=True))
+    )
+    converter.register_structure_hook_factory(
+        attrs.has, lambda cls: make_dict_structure_fn(cls, converter, **renames(cls, omit=False))
+    )
+    return converter
+
+
+_converter: Final = _make_converter()
+_dumps: Final = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def unstructure(event: ServerEvent) -> dict[str, Any]:
+    """The JSON object of a server frame, ``type`` first."""
+    return {"type": event.TYPE, **_converter.unstructure(event)}
+
+
+def encode(event: ServerEvent) -> str:
+    """One compact JSON text frame. ASCII only, so ``len(text)`` is its size in bytes."""
+    return _dumps(unstructure(event))
+
+
+def with_seq(text: str, seq: int) -> str:
+    """``text`` (a session event encoded without ``seq``) with ``seq`` set.
+
+    Equal to encoding the event with ``seq`` in place, because ``seq`` is the
+    last field of every session event; the hub encodes once and stamps the
+    number on, and a backplane can do the same without decoding.
+    """
+    return f'{text[:-1]},"seq":{seq}}}'
+
+
+def decode_server(raw: str | bytes) -> ServerEvent:
+    """A server frame (for clients, tools and tests); raises ``ValueError`` when malformed."""
+    data = json.loads(raw)
+    if not isinstance(data, dict) or data.get("type") not in SERVER_TYPES:
+        raise ValueError(f"not a server frame: {raw!r:.80}")
+    event: ServerEvent = _converter.structure(data, SERVER_TYPES[data["type"]])
+    return event
+
+
+def decode_client(
+    raw: str | bytes,
+    *,
+    max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    custom_types: Collection[str] = (),
+) -> ClientMessage:
+    """Decode one client frame or raise ``ProtocolError``; never anything else.
+
+    ``custom_types`` are the application's own frame types: they come back as
+    ``CustomFrame`` with the whole object for the application to check.
+    """
+    if _size_exceeds(raw, max_bytes):
+        raise ProtocolError("too_large", f"frame is larger than {max_bytes} bytes")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        # UnicodeDecodeError is a ValueError; RecursionError comes from deep nesting.
+        raise ProtocolError("invalid_json", f"frame is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(
+            "invalid_message", f"frame must be a JSON object, got {_json_kind(data)}"
+        )
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(
+            "invalid_message", f"field 'type' must be a string, got {_json_kind(kind)}"
+        )
+    cls = CLIENT_TYPES.get(kind)
+    if cls is None:
+        if kind in custom_types:
+            return CustomFrame(type=kind, data=data)
+        raise ProtocolError("unknown_type", f"unknown message type {kind!r:.80}", kind)
+    try:
+        message: ClientMessage = _converter.structure(data, cls)
+    except (ClassValidationError, ForbiddenExtraKeysError) as exc:
+        raise ProtocolError("invalid_message", _describe(exc), kind) from None
+    return message
+
+
+def _size_exceeds(raw: str | bytes, max_bytes: int) -> bool:
+    if isinstance(raw, bytes | bytearray):
+        return len(raw) > max_bytes
+    # A character takes 1 to 4 bytes in UTF-8: measure only when it matters.
+    if len(raw) > max_bytes:
+        return True
+    return len(raw) * 4 > max_bytes and len(raw.encode("utf-8", "surrogatepass")) > max_bytes
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line message naming the first bad field by its wire name."""
+    errors = exc.exceptions if isinstance(exc, ClassValidationError) else [exc]
+    for error in errors:
+        for note in getattr(error, "__notes__", ()):
+            if isinstance(note, AttributeValidationNote):
+                field = wire_name(note.name)
+                if isinstance(error, KeyError):
+                    return f"field {field!r} is required"
+                return f"field {field!r}: {error}"
+    # attrs validators name the field themselves.
+    return str(errors[0]) if errors else str(exc)

@@ -1,0 +1,659 @@
+"""The Hub: the one piece that does I/O.
+
+It composes the sans-IO core (registry, batcher, transformer, history,
+permissions, codec) with anyio. It owns one task group: one scheduler task
+that drives every deadline (batch flushes, permission timeouts, idle
+eviction) and one writer task per connection that sends from that
+connection's bounded outbox. Publishing encodes an event once and only
+appends to outboxes; it never awaits a client.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import secrets
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import attrs
+
+from .agent import PermissionDecision
+from .batcher import Batch, DeltaBatcher
+from .codec import decode_client, encode
+from .config import HubConfig, SlowConsumerPolicy
+from .connection import Connection, Frame, Queued, Sink, coalesce, text_of
+from .errors import (
+    HubClosed,
+    InvalidArgument,
+    ProtocolError,
+    SessionMismatch,
+    UnknownConnection,
+)
+from .events import (
+    MAX_ID_LENGTH,
+    ClientError,
+    Complete,
+    ConfigChanged,
+    Connected,
+    CustomFrame,
+    Error,
+    GlobalEvent,
+    PermissionRequest,
+    PermissionRequestInfo,
+    PermissionResponse,
+    PermissionTimeout,
+    ServerEvent,
+    SessionEvent,
+    Subscribe,
+    Subscribed,
+    TextDelta,
+    Unsubscribe,
+    Unsubscribed,
+)
+from .history import History
+from .permissions import PermissionBroker
+from .ratelimit import TokenBucket
+from .registry import SubscriptionRegistry
+from .transformer import EventTransformer
+
+__all__ = ("ConnectionStatistics", "CustomFrameHandler", "Hub", "HubStatistics")
+
+logger = logging.getLogger("sessionfanout")
+
+CustomFrameHandler = Callable[[Connection, CustomFrame], Awaitable[None]]
+"""Handles an application-defined client frame; raise ``ProtocolError`` to refuse it."""
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_INTERNAL = 1011
+ABORTED = "aborted"
+
+
+@attrs.frozen
+class ConnectionStatistics:
+    connection_id: str
+    queued_frames: int
+    queued_bytes: int
+    frames_sent: int
+    bytes_sent: int
+
+
+@attrs.frozen
+class HubStatistics:
+    """A snapshot; counters run from the hub's start."""
+
+    connections: int
+    subscriptions: int
+    sessions: int
+    """Sessions with at least one subscriber."""
+    known_sessions: int
+    """Sessions with a sequence and history (subscribed or not)."""
+    pending_deltas: int
+    """Sessions with delta text waiting to be batched."""
+    pending_permissions: int
+    frames_sent: int
+    bytes_sent: int
+    batches: int
+    coalesced: int
+    """Queued delta frames merged away by the slow-consumer policy."""
+    dropped: int
+    """Queued frames discarded because their connection was closed or broke."""
+    closed_slow: int
+    closed_broken: int
+    client_errors: int
+    unknown_agent_events: int
+    outboxes: tuple[ConnectionStatistics, ...]
+
+
+@attrs.define
+class _Waiter:
+    event: anyio.Event = attrs.field(factory=anyio.Event)
+    decision: PermissionDecision | None = None
+
+
+def _check_session_id(session_id: object) -> str:
+    if not isinstance(session_id, str) or not session_id or len(session_id) > MAX_ID_LENGTH:
+        raise InvalidArgument(
+            f"session_id must be a non-empty string of at most {MAX_ID_LENGTH} characters,"
+            f" got {session_id!r:.80}"
+        )
+    return session_id
+
+
+class Hub:
+    """Session-scoped fan-out. Use as ``async with Hub(config) as hub:``.
+
+    Leaving the block flushes every pending delta, lets outboxes drain (for
+    at most ``close_timeout``), closes every sink and ends pending permission
+    requests (denied). The same happens when the surrounding scope is
+    cancelled: nothing accepted before is lost.
+    """
+
+    def __init__(
+        self, config: HubConfig | None = None, *, transformer: EventTransformer | None = None
+    ) -> None:
+        self.config = config = config or HubConfig()
+        self.transformer = transformer or EventTransformer()
+        self._registry: SubscriptionRegistry[Connection] = SubscriptionRegistry()
+        self._batcher = DeltaBatcher(config.batch_interval, config.max_batch_chars)
+        self._history = History(
+            max_events=config.history_max_events,
+            max_bytes=config.history_max_bytes,
+            idle_ttl=config.history_idle_ttl,
+        )
+        self._permissions = PermissionBroker()
+        self._waiters: dict[str, _Waiter] = {}
+        self._custom: dict[str, CustomFrameHandler] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._running = False
+        self._wake_at = math.inf
+        self._wakeup: anyio.Event | None = None
+        self._drained: anyio.Event | None = None
+        self._counters = dict.fromkeys(
+            (
+                "frames_sent",
+                "bytes_sent",
+                "batches",
+                "coalesced",
+                "dropped",
+                "closed_slow",
+                "closed_broken",
+                "client_errors",
+            ),
+            0,
+        )
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._tg is not None:
+            raise HubClosed("a Hub can be entered only once")
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._running = True
+        self._tg.start_soon(self._scheduler, name="sessionfanout scheduler")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        with anyio.CancelScope(shield=True):
+            self._running = False
+            self._end_permissions()
+            self._flush_all_deltas()
+            self._drained = anyio.Event()
+            for connection in list(self._registry.sinks()):
+                connection.closing = True
+                self._wake_writer(connection)
+            if self._registry.sink_count:
+                with anyio.move_on_after(self.config.close_timeout):
+                    await self._drained.wait()
+            self._tg.cancel_scope.cancel()
+        return await self._tg.__aexit__(exc_type, exc, tb)
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def _check_running(self) -> anyio.abc.TaskGroup:
+        if not self._running or self._tg is None:
+            raise HubClosed("the hub is not running; use it inside 'async with Hub(...)'")
+        return self._tg
+
+    # -- adapter side ------------------------------------------------------
+
+    async def connect(self, sink: Sink, context: Any = None) -> Connection:
+        """Accept a connection: send it ``connected`` and start its writer."""
+        tg = self._check_running()
+        connection = Connection(secrets.token_urlsafe(9), sink, context)
+        if self.config.client_rate is not None:
+            connection.rate = TokenBucket(
+                self.config.client_rate, self.config.client_burst, anyio.current_time()
+            )
+        self._registry.connect(connection)
+        self._reply(connection, Connected(int(time.time() * 1000), connection.id))
+        tg.start_soon(self._writer, connection, name=f"sessionfanout writer {connection.id}")
+        return connection
+
+    async def disconnect(self, connection: Connection) -> None:
+        """The client went away: forget the connection and discard its queue. Idempotent."""
+        self._forget(connection)
+
+    async def serve(
+        self, sink: Sink, incoming: AsyncIterable[str | bytes], context: Any = None
+    ) -> None:
+        """Connect, handle every incoming frame, disconnect when ``incoming`` ends."""
+        connection = await self.connect(sink, context)
+        try:
+            async for raw in incoming:
+                if not self._registry.is_connected(connection):
+                    break
+                await self.handle_message(connection, raw)
+        finally:
+            self._forget(connection)
+
+    def register_client_frame(self, frame_type: str, handler: CustomFrameHandler) -> None:
+        """Accept client frames of an application-defined ``type``."""
+        if not isinstance(frame_type, str) or not frame_type:
+            raise InvalidArgument("frame_type must be a non-empty string")
+        if frame_type in ("subscribe", "unsubscribe", "permission_response"):
+            raise InvalidArgument(f"{frame_type!r} is a protocol frame type")
+        self._custom[frame_type] = handler
+
+    async def handle_message(self, connection: Connection, raw: str | bytes) -> None:
+        """Act on one client frame. A bad frame is answered with ``client_error``
+        and changes nothing; no ``ProtocolError`` escapes."""
+        if not self._registry.is_connected(connection):
+            raise UnknownConnection(f"{connection!r} is not connected to this hub")
+        try:
+            if connection.rate is not None and not connection.rate.take(anyio.current_time()):
+                raise ProtocolError("rate_limited", "too many frames; slow down")
+            message = decode_client(
+                raw, max_bytes=self.config.max_frame_bytes, custom_types=self._custom
+            )
+            if type(message) is Subscribe:
+                await self._subscribe(connection, message)
+            elif type(message) is Unsubscribe:
+                self._unsubscribe(connection, message.session_id)
+            elif type(message) is PermissionResponse:
+                self._answer_permission(connection, message)
+            else:
+                assert isinstance(message, CustomFrame)
+                await self._custom[message.type](connection, message)
+        except ProtocolError as exc:
+            self._counters["client_errors"] += 1
+            if self._registry.is_connected(connection):
+                self._reply(connection, ClientError(exc.code, exc.message, exc.request_type))
+
+    async def send(self, connection: Connection, event: ServerEvent) -> None:
+        """Send one frame to one connection (replies of custom frame handlers)."""
+        self._check_running()
+        if not self._registry.is_connected(connection):
+            raise UnknownConnection(f"{connection!r} is not connected to this hub")
+        self._reply(connection, event)
+
+    def sessions_of(self, connection: Connection) -> frozenset[str]:
+        return frozenset(self._registry.sessions_of(connection))
+
+    async def _subscribe(self, connection: Connection, message: Subscribe) -> None:
+        session_id = message.session_id
+        if not await self._authorized(connection, session_id):
+            raise ProtocolError(
+                "forbidden", f"not allowed to subscribe to {session_id!r}", "subscribe"
+            )
+        if not self._registry.is_connected(connection):
+            return  # went away while the hook ran
+        # No await from here on: the replay and live events cannot interleave.
+        state = self._history.state(session_id, anyio.current_time())
+        replay = None
+        if message.last_seq is not None:
+            replay = self._history.replay(session_id, message.last_seq, message.epoch)
+        self._registry.subscribe(connection, session_id)
+        self._reply(connection, Subscribed(session_id, state.seq, state.epoch, replay is not None))
+        for text in replay or ():
+            self._enqueue(connection, text)
+
+    async def _authorized(self, connection: Connection, session_id: str) -> bool:
+        hook = self.config.authorize
+        if hook is None:
+            return True
+        try:
+            verdict = hook(connection, session_id)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+        except Exception:
+            logger.exception("authorize hook failed; refusing %r", session_id)
+            return False
+        return verdict is True
+
+    def _unsubscribe(self, connection: Connection, session_id: str) -> None:
+        if self._registry.unsubscribe(connection, session_id):
+            self._history.release(session_id)
+        self._reply(connection, Unsubscribed(session_id))
+
+    # -- producer side -----------------------------------------------------
+
+    async def broadcast_to_session(self, session_id: str, event: SessionEvent) -> None:
+        """Publish a session event to the session's subscribers, after its pending deltas."""
+        self._check_running()
+        _check_session_id(session_id)
+        if getattr(event, "session_id", None) != session_id:
+            raise SessionMismatch(
+                f"event for session {getattr(event, 'session_id', None)!r}"
+                f" passed for session {session_id!r}"
+            )
+        self._publish_in_order(event)
+
+    async def broadcast_global(self, event: GlobalEvent) -> None:
+        """Send an event to every connected client exactly once, subscribed or not."""
+        self._check_running()
+        if not isinstance(event, ConfigChanged):
+            raise InvalidArgument(f"not a global event: {event!r:.80}")
+        text = encode(event)
+        for connection in list(self._registry.sinks()):
+            self._enqueue(connection, text)
+
+    async def queue_delta(self, session_id: str, text: str, turn_id: str | None = None) -> None:
+        """Queue streamed text; it goes out coalesced within ``batch_interval``."""
+        self._check_running()
+        _check_session_id(session_id)
+        if not isinstance(text, str):
+            raise InvalidArgument(f"delta text must be a string, got {type(text).__name__}")
+        now = anyio.current_time()
+        for batch in self._batcher.add(session_id, text, turn_id, now):
+            self._publish_batch(batch)
+        if now + self.config.batch_interval < self._wake_at:
+            self._wake_scheduler()
+
+    async def flush_delta(self, session_id: str) -> None:
+        """Send the session's pending delta text now."""
+        self._check_running()
+        batch = self._batcher.flush(_check_session_id(session_id))
+        if batch is not None:
+            self._publish_batch(batch)
+
+    async def request_permission(
+        self,
+        session_id: str,
+        tool_name: str,
+        command: str,
+        description: str,
+        *,
+        deny_after: float | None = None,
+        request_id: str | None = None,
+    ) -> PermissionDecision:
+        """Ask the session's clients; return the first subscriber's answer, or a
+        denial when ``deny_after`` seconds (default ``permission_timeout``) pass."""
+        self._check_running()
+        _check_session_id(session_id)
+        pending = self._permissions.open(
+            session_id,
+            anyio.current_time(),
+            self.config.permission_timeout if deny_after is None else deny_after,
+            request_id,
+        )
+        waiter = self._waiters[pending.request_id] = _Waiter()
+        if pending.deadline < self._wake_at:
+            self._wake_scheduler()
+        try:
+            info = PermissionRequestInfo(pending.request_id, tool_name, command, description)
+            self._publish_in_order(PermissionRequest(session_id, info))
+            await waiter.event.wait()
+        finally:
+            del self._waiters[pending.request_id]
+            self._permissions.resolve(pending.request_id)
+        assert waiter.decision is not None
+        return waiter.decision
+
+    async def run_agent(self, session_id: str, events: AsyncIterable[Any]) -> None:
+        """Publish an agent's events through the transformer until it ends.
+
+        An agent written as an async generator receives each permission
+        decision as the value of its ``yield AgentPermissionRequest(...)``.
+        Cancelled (an abort), it flushes pending deltas, then sends ``error``
+        ("aborted") and ``complete``; if the agent raises, ``error`` with the
+        message and ``complete`` are sent and the exception propagates.
+        """
+        self._check_running()
+        _check_session_id(session_id)
+        iterator = aiter(events)
+        asend = getattr(iterator, "asend", None)
+        try:
+            decision: PermissionDecision | None = None
+            while True:
+                try:
+                    agent_event = await (asend(decision) if asend else anext(iterator))
+                except StopAsyncIteration:
+                    break
+                decision = None
+                for event in self.transformer.transform(session_id, agent_event):
+                    decision = await self._publish_agent_output(session_id, event) or decision
+        except anyio.get_cancelled_exc_class():
+            self._end_run(session_id, ABORTED)
+            raise
+        except Exception as exc:
+            self._end_run(session_id, str(exc) or type(exc).__name__)
+            raise
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+
+    async def _publish_agent_output(
+        self, session_id: str, event: SessionEvent
+    ) -> PermissionDecision | None:
+        if type(event) is TextDelta:
+            await self.queue_delta(session_id, event.delta, event.turn_id)
+            return None
+        if type(event) is PermissionRequest:
+            request = event.request
+            return await self.request_permission(
+                session_id,
+                request.tool_name,
+                request.command,
+                request.description,
+                request_id=request.request_id or None,
+            )
+        await self.broadcast_to_session(session_id, event)
+        return None
+
+    def _end_run(self, session_id: str, message: str) -> None:
+        if self._running:
+            self._publish_in_order(Error(session_id, message))
+            self._publish_in_order(Complete(session_id))
+        self.transformer.forget(session_id)
+
+    # -- publishing --------------------------------------------------------
+
+    def _publish_in_order(self, event: SessionEvent) -> None:
+        """The ordering barrier: a session's pending deltas go before any other event of it."""
+        batch = self._batcher.flush(event.session_id)
+        if batch is not None:
+            self._publish_batch(batch)
+        self._publish(event.session_id, encode(event), None, None)
+
+    def _publish_batch(self, batch: Batch) -> None:
+        self._counters["batches"] += 1
+        event = TextDelta(batch.session_id, batch.text, batch.turn_id)
+        self._publish(batch.session_id, encode(event), batch.text, batch.turn_id)
+
+    def _publish(self, session_id: str, body: str, delta: str | None, turn_id: str | None) -> None:
+        seq, text = self._history.append(session_id, body, anyio.current_time())
+        frame = Frame(text, session_id, seq, delta, turn_id)
+        for connection in self._registry.sinks_of(session_id):
+            self._enqueue(connection, frame)
+
+    def _flush_all_deltas(self) -> None:
+        for batch in self._batcher.flush_all():
+            self._publish_batch(batch)
+
+    # -- delivery ----------------------------------------------------------
+
+    def _reply(self, connection: Connection, event: ServerEvent) -> None:
+        self._enqueue(connection, encode(event))
+
+    def _enqueue(self, connection: Connection, item: Queued) -> None:
+        connection.enqueue(item, len(text_of(item)))
+        config = self.config
+        if connection.over_limits(config.outbox_max_messages, config.outbox_max_bytes):
+            self._handle_overflow(connection)
+
+    def _handle_overflow(self, connection: Connection) -> None:
+        """The slow-consumer policy, applied when an outbox goes over its limits."""
+        config = self.config
+        if config.slow_consumer is SlowConsumerPolicy.COALESCE_THEN_CLOSE:
+            merged = coalesce(connection.outbox)
+            if merged:
+                self._counters["coalesced"] += merged
+                connection.queued_bytes = sum(len(text_of(i)) for i in connection.outbox)
+                if not connection.over_limits(config.outbox_max_messages, config.outbox_max_bytes):
+                    return
+        self._counters["closed_slow"] += 1
+        logger.warning("closing slow connection %s: outbox over its limits", connection.id)
+        self._close(connection, CLOSE_POLICY, "slow consumer: outbox limit exceeded")
+
+    async def _writer(self, connection: Connection) -> None:
+        with anyio.CancelScope() as scope:
+            connection.writer_scope = scope
+            if not self._registry.is_connected(connection):
+                return
+            try:
+                await self._write_loop(connection)
+            except Exception as exc:
+                self._counters["closed_broken"] += 1
+                logger.info("dropping connection %s: send failed: %r", connection.id, exc)
+                self._close(connection, CLOSE_INTERNAL, "send failed")
+                return
+            # Hub shutdown: the outbox is drained.
+            self._forget(connection)
+            await self._close_sink(connection.sink, CLOSE_GOING_AWAY, "server shutting down")
+
+    async def _write_loop(self, connection: Connection) -> None:
+        outbox = connection.outbox
+        sink = connection.sink
+        while True:
+            if not outbox:
+                if connection.closing:
+                    return
+                wakeup = connection.wakeup = anyio.Event()
+                await wakeup.wait()
+                continue
+            text = text_of(outbox.popleft())
+            connection.queued_bytes -= len(text)
+            await sink.send(text)
+            connection.frames_sent += 1
+            connection.bytes_sent += len(text)
+
+    def _wake_writer(self, connection: Connection) -> None:
+        wakeup = connection.wakeup
+        if wakeup is not None:
+            connection.wakeup = None
+            wakeup.set()
+
+    def _close(self, connection: Connection, code: int, reason: str) -> None:
+        """Forget the connection now and close its sink in the background."""
+        if not self._forget(connection):
+            return
+        if self._tg is not None:
+            self._tg.start_soon(self._close_sink, connection.sink, code, reason)
+
+    async def _close_sink(self, sink: Sink, code: int, reason: str) -> None:
+        with anyio.move_on_after(self.config.close_timeout, shield=True):
+            try:
+                await sink.close(code, reason)
+            except Exception as exc:
+                logger.debug("closing a sink failed: %r", exc)
+
+    def _forget(self, connection: Connection) -> bool:
+        """Remove every trace of the connection; False if it was already gone."""
+        if not self._registry.is_connected(connection):
+            return False
+        for session_id in self._registry.drop(connection):
+            self._history.release(session_id)
+        self._counters["dropped"] += connection.discard_outbox()
+        self._counters["frames_sent"] += connection.frames_sent
+        self._counters["bytes_sent"] += connection.bytes_sent
+        connection.frames_sent = connection.bytes_sent = 0
+        connection.closing = True
+        if connection.writer_scope is not None:
+            connection.writer_scope.cancel()
+        if self._drained is not None and not self._registry.sink_count:
+            self._drained.set()
+        return True
+
+    # -- deadlines ---------------------------------------------------------
+
+    async def _scheduler(self) -> None:
+        """The one task that drives every deadline of the hub."""
+        while True:
+            now = anyio.current_time()
+            self._run_due(now)
+            deadlines = (
+                self._batcher.next_deadline(),
+                self._permissions.next_deadline(),
+                self._history.next_deadline(),
+            )
+            self._wake_at = min((d for d in deadlines if d is not None), default=math.inf)
+            wakeup = self._wakeup = anyio.Event()
+            with anyio.move_on_after(self._wake_at - now):
+                await wakeup.wait()
+
+    def _wake_scheduler(self) -> None:
+        self._wake_at = -math.inf
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _run_due(self, now: float) -> None:
+        for batch in self._batcher.due(now):
+            self._publish_batch(batch)
+        for pending in self._permissions.expired(now):
+            self._decide(
+                pending.request_id, PermissionDecision(pending.request_id, False, False, True)
+            )
+            self._publish_in_order(PermissionTimeout(pending.session_id, pending.request_id))
+        for session_id in self._history.evict_idle(now, self._registry.has_subscribers):
+            logger.debug("forgot idle session %s", session_id)
+
+    # -- permissions -------------------------------------------------------
+
+    def _answer_permission(self, connection: Connection, message: PermissionResponse) -> None:
+        pending = self._permissions.answer(
+            message.request_id, self._registry.sessions_of(connection)
+        )
+        if pending is None:
+            raise ProtocolError(
+                "unknown_request",
+                f"no pending permission request {message.request_id!r:.80} for this connection",
+                PermissionResponse.TYPE,
+            )
+        self._decide(
+            pending.request_id,
+            PermissionDecision(pending.request_id, message.allowed, bool(message.always_allow)),
+        )
+
+    def _decide(self, request_id: str, decision: PermissionDecision) -> None:
+        waiter = self._waiters.get(request_id)
+        if waiter is not None and waiter.decision is None:
+            waiter.decision = decision
+            waiter.event.set()
+
+    def _end_permissions(self) -> None:
+        for pending in self._permissions.close_all():
+            self._decide(pending.request_id, PermissionDecision(pending.request_id, False))
+
+    # -- introspection -----------------------------------------------------
+
+    def statistics(self) -> HubStatistics:
+        connections = tuple(
+            ConnectionStatistics(c.id, len(c.outbox), c.queued_bytes, c.frames_sent, c.bytes_sent)
+            for c in self._registry.sinks()
+        )
+        counters = self._counters
+        return HubStatistics(
+            connections=self._registry.sink_count,
+            subscriptions=self._registry.subscription_count,
+            sessions=self._registry.session_count,
+            known_sessions=len(self._history),
+            pending_deltas=len(self._batcher),
+            pending_permissions=len(self._permissions),
+            frames_sent=counters["frames_sent"] + sum(c.frames_sent for c in connections),
+            bytes_sent=counters["bytes_sent"] + sum(c.bytes_sent for c in connections),
+            batches=counters["batches"],
+            coalesced=counters["coalesced"],
+            dropped=counters["dropped"],
+            closed_slow=counters["closed_slow"],
+            closed_broken=counters["closed_broken"],
+            client_errors=counters["client_errors"],
+            unknown_agent_events=self.transformer.unknown_events,
+            outboxes=connections,
+        )

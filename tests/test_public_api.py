@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import sessionfanout
+
+EXPECTED = {
+    "DEFAULT_MAX_FRAME_BYTES", "AgentComplete", "AgentError", "AgentEvent", "AgentPermissionRequest",
+    "AgentTextComplete", "AgentTextDelta", "AgentToolResult", "AgentToolStart", "AuthorizeHook",
+    "Batch", "BrokerUnavailable", "ClientError", "ClientMessage", "Complete", "ConfigChanged",
+    "Connected", "Connection", "ConnectionStatistics", "CustomFrame", "CustomFrameHandler",
+    "DeltaBatcher", "Error", "EventTransformer", "GlobalEvent", "Handler", "History", "Hub",
+    "HubClosed", "HubConfig", "HubStatistics", "InvalidArgument", "PendingPermission",
+    "PermissionBroker", "PermissionDecision", "PermissionRequest", "PermissionRequestInfo",
+    "PermissionResponse", "PermissionTimeout", "ProtocolError", "ServerEvent", "SessionEvent",
+    "SessionFanoutError", "SessionMismatch", "SessionState", "Sink", "SlowConsumerPolicy",
+    "Subscribe", "Subscribed", "SubscriptionRegistry", "TextComplete", "TextDelta", "ToolResult",
+    "ToolStart", "UnknownAgentEvent", "UnknownConnection", "UnknownEventPolicy", "Unsubscribe",
+    "Unsubscribed", "decode_client", "decode_server", "encode", "with_seq",
+}  # fmt: skip
+
+
+def test_public_api_is_pinned() -> None:
+    """Changing the public surface must be a deliberate edit here too."""
+    assert EXPECTED == set(sessionfanout.__all__)
+    assert len(sessionfanout.__all__) == len(set(sessionfanout.__all__))
+    assert isinstance(sessionfanout.__all__, tuple)
+
+
+def test_every_name_in_all_exists() -> None:
+    for name in sessionfanout.__all__:
+        assert hasattr(sessionfanout, name), name
+
+
+def test_package_all_is_the_union_of_the_modules_all() -> None:
+    """What the modules export publicly is what the package re-exports."""
+    exported: set[str] = set()
+    for info in pkgutil.iter_modules(sessionfanout.__path__):
+        module = importlib.import_module(f"sessionfanout.{info.name}")
+        names = getattr(module, "__all__", ())
+        assert isinstance(names, tuple), info.name
+        for name in names:
+            assert hasattr(module, name), f"{info.name}.{name}"
+        exported |= set(names)
+    internal = {"TokenBucket"}
+    assert exported - internal == set(sessionfanout.__all__)
+
+
+def test_errors_share_one_root() -> None:
+    for name in sessionfanout.errors.__all__:
+        assert issubclass(getattr(sessionfanout.errors, name), sessionfanout.SessionFanoutError)
