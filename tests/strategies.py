@@ -16,7 +16,9 @@ seqs = st.none() | st.integers(min_value=1, max_value=2**53)
 json_scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=10)
 json_values = st.recursive(
     json_scalars | st.floats(allow_nan=False, allow_infinity=False),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 tool_inputs = st.dictionaries(st.text(max_size=8), json_values, max_size=4)
@@ -25,7 +27,15 @@ session_events: st.SearchStrategy[Any] = st.one_of(
     st.builds(ev.TextDelta, ids, st.text(), optional_text, seqs),
     st.builds(ev.TextComplete, ids, st.text(), optional_bool, optional_text, seqs),
     st.builds(
-        ev.ToolStart, ids, st.text(), ids, tool_inputs, optional_text, optional_text, optional_text, seqs
+        ev.ToolStart,
+        ids,
+        st.text(),
+        ids,
+        tool_inputs,
+        optional_text,
+        optional_text,
+        optional_text,
+        seqs,
     ),
     st.builds(ev.ToolResult, ids, ids, st.text(), st.text(), optional_text, optional_bool, seqs),
     st.builds(ev.Complete, ids, seqs),

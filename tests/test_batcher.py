@@ -45,7 +45,9 @@ class Checker:
             queue = self.expected[batch.session_id]
             for char in batch.text:
                 expected_char, turn, added_at = queue.popleft()
-                assert (expected_char, turn) == (char, batch.turn_id), "lost, reordered or mixed turns"
+                assert (expected_char, turn) == (char, batch.turn_id), (
+                    "lost, reordered or mixed turns"
+                )
                 if on_time:
                     assert now - added_at <= INTERVAL + 1e-9, "latency bound"
             self.emitted += 1

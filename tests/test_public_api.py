@@ -6,7 +6,8 @@ import pkgutil
 import sessionfanout
 
 EXPECTED = {
-    "DEFAULT_MAX_FRAME_BYTES", "AgentComplete", "AgentError", "AgentEvent", "AgentPermissionRequest",
+    "DEFAULT_MAX_FRAME_BYTES", "AgentComplete", "AgentError", "AgentEvent",
+    "AgentPermissionRequest",
     "AgentTextComplete", "AgentTextDelta", "AgentToolResult", "AgentToolStart", "AuthorizeHook",
     "Batch", "BrokerUnavailable", "ClientError", "ClientMessage", "Complete", "ConfigChanged",
     "Connected", "Connection", "ConnectionStatistics", "CustomFrame", "CustomFrameHandler",
@@ -23,7 +24,7 @@ EXPECTED = {
 
 def test_public_api_is_pinned() -> None:
     """Changing the public surface must be a deliberate edit here too."""
-    assert EXPECTED == set(sessionfanout.__all__)
+    assert set(sessionfanout.__all__) == EXPECTED
     assert len(sessionfanout.__all__) == len(set(sessionfanout.__all__))
     assert isinstance(sessionfanout.__all__, tuple)
 

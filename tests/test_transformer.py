@@ -43,7 +43,10 @@ def test_each_agent_event_maps_to_its_session_event() -> None:
             AgentToolStart("bash", "u1", {"cmd": "ls"}, "list", "Bash", "t1"),
             ToolStart("s", "bash", "u1", {"cmd": "ls"}, "list", "Bash", "t1"),
         ),
-        (AgentToolResult("u1", "ok", False, "bash", "t1"), ToolResult("s", "u1", "bash", "ok", "t1", False)),
+        (
+            AgentToolResult("u1", "ok", False, "bash", "t1"),
+            ToolResult("s", "u1", "bash", "ok", "t1", False),
+        ),
         (AgentError("boom"), Error("s", "boom")),
         (AgentComplete(), Complete("s")),
         (

@@ -197,6 +197,8 @@ class Hub:
             if self._registry.sink_count:
                 with anyio.move_on_after(self.config.close_timeout):
                     await self._drained.wait()
+            for connection in list(self._registry.sinks()):
+                self._close(connection, CLOSE_GOING_AWAY, "server shutting down")
             self._tg.cancel_scope.cancel()
         return await self._tg.__aexit__(exc_type, exc, tb)
 
@@ -339,7 +341,7 @@ class Hub:
         if not isinstance(event, ConfigChanged):
             raise InvalidArgument(f"not a global event: {event!r:.80}")
         text = encode(event)
-        for connection in list(self._registry.sinks()):
+        for connection in tuple(self._registry.sinks()):
             self._enqueue(connection, text)
 
     async def queue_delta(self, session_id: str, text: str, turn_id: str | None = None) -> None:
@@ -470,7 +472,8 @@ class Hub:
     def _publish(self, session_id: str, body: str, delta: str | None, turn_id: str | None) -> None:
         seq, text = self._history.append(session_id, body, anyio.current_time())
         frame = Frame(text, session_id, seq, delta, turn_id)
-        for connection in self._registry.sinks_of(session_id):
+        # A copy: the overflow policy may drop a connection mid-loop.
+        for connection in tuple(self._registry.sinks_of(session_id)):
             self._enqueue(connection, frame)
 
     def _flush_all_deltas(self) -> None:
@@ -503,7 +506,9 @@ class Hub:
         self._close(connection, CLOSE_POLICY, "slow consumer: outbox limit exceeded")
 
     async def _writer(self, connection: Connection) -> None:
-        with anyio.CancelScope() as scope:
+        # Shielded from the surrounding scope so that a cancelled server still
+        # drains what it accepted; the hub ends a writer through its own scope.
+        with anyio.CancelScope(shield=True), anyio.CancelScope() as scope:
             connection.writer_scope = scope
             if not self._registry.is_connected(connection):
                 return

@@ -1,0 +1,265 @@
+"""Hub delivery: order, batching, global broadcast, isolation of slow and broken sinks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import pytest
+
+from sessionfanout import (
+    Complete,
+    ConfigChanged,
+    Error,
+    Hub,
+    HubConfig,
+    PermissionTimeout,
+    SlowConsumerPolicy,
+    TextComplete,
+    ToolResult,
+    ToolStart,
+)
+from tests.hubtools import BrokenSink, RecordingSink, StuckSink, connect, subscribe, wait_for
+
+pytestmark = pytest.mark.anyio
+
+FAST = HubConfig(batch_interval=0.01)
+
+
+async def test_connect_sends_connected_with_timestamp_and_id() -> None:
+    async with Hub() as hub:
+        connection, sink = await connect(hub)
+        await wait_for(lambda: len(sink.texts) == 1)
+    [frame] = sink.frames[:1]
+    assert "connected" == frame["type"]
+    assert connection.id == frame["connectionId"]
+    assert isinstance(frame["timestamp"], int)
+    assert frame["timestamp"] > 1_600_000_000_000
+
+
+BARRIER_EVENTS: list[Any] = [
+    TextComplete("s", "whole text"),
+    ToolStart("s", "bash", "u1", {"cmd": "ls"}),
+    ToolResult("s", "u1", "bash", "ok"),
+    Complete("s"),
+    Error("s", "boom"),
+    PermissionTimeout("s", "r1"),
+]
+
+
+@pytest.mark.parametrize("event", BARRIER_EVENTS, ids=lambda e: e.TYPE)
+async def test_pending_deltas_go_out_before_any_other_event_of_the_session(event: Any) -> None:
+    async with Hub(HubConfig(batch_interval=60)) as hub:
+        connection, sink = await connect(hub)
+        await subscribe(hub, connection, "s")
+        await hub.queue_delta("s", "Hel")
+        await hub.queue_delta("s", "lo")
+        await hub.broadcast_to_session("s", event)
+        await wait_for(lambda: len(sink.session_frames("s")) == 3)
+    frames = sink.session_frames("s")
+    assert [f["type"] for f in frames] == ["subscribed", "text_delta", event.TYPE]
+    assert "Hello" == frames[1]["delta"]
+    assert [1, 2] == [f["seq"] for f in frames[1:]]
+
+
+async def test_permission_request_is_an_ordering_barrier_too() -> None:
+    async with Hub(HubConfig(batch_interval=60)) as hub:
+        connection, sink = await connect(hub)
+        await subscribe(hub, connection, "s")
+        await hub.queue_delta("s", "thinking")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.request_permission, "s", "bash", "ls", "list files")
+            await wait_for(lambda: bool(sink.of_type("permission_request")))
+            tg.cancel_scope.cancel()
+    assert [
+        "text_delta",
+        "permission_request",
+    ] == [f["type"] for f in sink.of_type("text_delta", "permission_request")]
+
+
+async def test_deltas_are_coalesced_and_a_turn_change_splits_the_batch() -> None:
+    async with Hub(HubConfig(batch_interval=60)) as hub:
+        connection, sink = await connect(hub)
+        await subscribe(hub, connection, "s")
+        for text in ("a", "b", "c"):
+            await hub.queue_delta("s", text, "t1")
+        for text in ("d", "e"):
+            await hub.queue_delta("s", text, "t2")
+        await hub.flush_delta("s")
+        await wait_for(lambda: len(sink.of_type("text_delta")) == 2)
+    deltas = sink.of_type("text_delta")
+    assert [
+        ("abc", "t1", 1),
+        ("de", "t2", 2),
+    ] == [(f["delta"], f["turnId"], f["seq"]) for f in deltas]
+
+
+async def test_batches_go_out_on_their_own_after_the_interval() -> None:
+    async with Hub(FAST) as hub:
+        connection, sink = await connect(hub)
+        await subscribe(hub, connection, "s")
+        await hub.queue_delta("s", "tick")
+        await wait_for(lambda: bool(sink.of_type("text_delta")))
+        assert 0 == hub.statistics().pending_deltas
+
+
+async def test_global_broadcast_reaches_each_connected_sink_exactly_once() -> None:
+    async with Hub() as hub:
+        _, none_sink = await connect(hub)
+        one_conn, one_sink = await connect(hub)
+        many_conn, many_sink = await connect(hub)
+        await subscribe(hub, one_conn, "s1")
+        for session in ("s1", "s2", "s3"):
+            await subscribe(hub, many_conn, session)
+        await hub.broadcast_global(ConfigChanged("theme"))
+        sinks = (none_sink, one_sink, many_sink)
+        await wait_for(lambda: all(s.of_type("config_changed") for s in sinks))
+        await anyio.sleep(0.01)
+    for sink in sinks:
+        assert [{"type": "config_changed", "changeType": "theme"}] == sink.of_type("config_changed")
+
+
+async def test_sessions_are_isolated() -> None:
+    async with Hub(FAST) as hub:
+        a_conn, a_sink = await connect(hub)
+        b_conn, b_sink = await connect(hub)
+        await subscribe(hub, a_conn, "a")
+        await subscribe(hub, b_conn, "b")
+        await hub.queue_delta("a", "for a")
+        await hub.broadcast_to_session("b", Complete("b"))
+        await wait_for(
+            lambda: bool(a_sink.of_type("text_delta")) and bool(b_sink.of_type("complete"))
+        )
+    assert [] == b_sink.of_type("text_delta")
+    assert [] == a_sink.of_type("complete")
+
+
+async def test_each_event_is_encoded_once_for_all_subscribers() -> None:
+    async with Hub() as hub:
+        sinks = []
+        for _ in range(5):
+            connection, sink = await connect(hub)
+            await subscribe(hub, connection, "s")
+            sinks.append(sink)
+        await hub.broadcast_to_session("s", Complete("s"))
+        await wait_for(lambda: all(s.of_type("complete") for s in sinks))
+    texts = [next(t for t in s.texts if '"complete"' in t) for s in sinks]
+    assert all(text is texts[0] for text in texts), "the same string object goes to every outbox"
+
+
+async def test_a_stuck_sink_delays_nobody_and_is_closed_when_its_outbox_overflows() -> None:
+    config = HubConfig(batch_interval=0.005, outbox_max_messages=50)
+    async with Hub(config) as hub:
+        stuck_conn, stuck = await connect(hub, StuckSink())
+        reader_conn, reader = await connect(hub)
+        await subscribe(hub, reader_conn, "s")
+        await hub.handle_message(stuck_conn, '{"type":"subscribe","sessionId":"s"}')
+        for n in range(200):
+            await hub.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", "x"))
+            assert all(o.queued_frames <= 50 for o in hub.statistics().outboxes), "memory bounded"
+            # The reader keeps up within a generous bound while the stuck one never reads.
+            await wait_for(lambda n=n: len(reader.of_type("tool_result")) == n + 1, seconds=5)
+        await wait_for(lambda: stuck.closed is not None)
+        stats = hub.statistics()
+    assert [n + 1 for n in range(200)] == [f["seq"] for f in reader.of_type("tool_result")]
+    assert 1008 == stuck.closed[0]
+    assert "slow" in stuck.closed[1]
+    assert 1 == stats.closed_slow
+    assert 1 == stats.connections
+
+
+async def test_overflow_first_coalesces_queued_deltas_of_the_same_turn() -> None:
+    config = HubConfig(
+        batch_interval=60, max_batch_chars=1, outbox_max_messages=10, close_timeout=0.1
+    )
+    async with Hub(config) as hub:
+        stuck_conn, stuck = await connect(hub, StuckSink())
+        await hub.handle_message(stuck_conn, '{"type":"subscribe","sessionId":"s"}')
+        await anyio.sleep(0.01)
+        for n in range(30):
+            await hub.queue_delta("s", str(n % 10), "t1")
+        stats = hub.statistics()
+        queued = list(stuck_conn.outbox)
+        assert stuck.closed is None, "coalescing made room"
+    assert stats.coalesced > 0
+    deltas = [json.loads(getattr(item, "text", item)) for item in queued]
+    deltas = [d for d in deltas if d["type"] == "text_delta"]
+    assert "".join(str(n % 10) for n in range(30)) == "".join(d["delta"] for d in deltas)
+    assert 30 == deltas[-1]["seq"]
+
+
+async def test_the_close_policy_closes_without_coalescing() -> None:
+    config = HubConfig(
+        batch_interval=60, max_batch_chars=1, outbox_max_messages=10,
+        slow_consumer=SlowConsumerPolicy.CLOSE,
+    )  # fmt: skip
+    async with Hub(config) as hub:
+        stuck_conn, stuck = await connect(hub, StuckSink())
+        await hub.handle_message(stuck_conn, '{"type":"subscribe","sessionId":"s"}')
+        for n in range(30):
+            await hub.queue_delta("s", str(n % 10), "t1")
+        await wait_for(lambda: stuck.closed is not None)
+        assert 0 == hub.statistics().coalesced
+
+
+async def test_one_large_frame_never_closes_a_reading_client() -> None:
+    config = HubConfig(outbox_max_bytes=64 * 1024)
+    async with Hub(config) as hub:
+        connection, sink = await connect(hub)
+        await subscribe(hub, connection, "s")
+        big = "x" * (1024 * 1024)
+        for _ in range(3):
+            await hub.broadcast_to_session("s", TextComplete("s", big))
+            await wait_for(lambda: not connection.outbox)
+        await wait_for(lambda: len(sink.of_type("text_complete")) == 3)
+    assert (1001, "server shutting down") == sink.closed
+
+
+async def test_a_sink_that_raises_is_dropped_without_a_trace() -> None:
+    async with Hub() as hub:
+        broken_conn, _ = await connect(hub, BrokenSink(ok=2))
+        good_conn, good = await connect(hub)
+        for connection in (broken_conn, good_conn):
+            await hub.handle_message(connection, '{"type":"subscribe","sessionId":"s"}')
+        for n in range(5):
+            await hub.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", "x"))
+        await wait_for(lambda: len(good.of_type("tool_result")) == 5)
+        await wait_for(lambda: hub.statistics().connections == 1)
+        stats = hub.statistics()
+        assert frozenset() == hub.sessions_of(broken_conn)
+    assert 1 == stats.closed_broken
+    assert 1 == stats.subscriptions
+    assert 1 == stats.sessions
+
+
+async def test_leaving_the_hub_flushes_pending_deltas_before_closing_sinks() -> None:
+    async with Hub(HubConfig(batch_interval=60)) as hub:
+        connection, sink = await connect(hub)
+        await subscribe(hub, connection, "s")
+        await hub.queue_delta("s", "last words")
+    assert "last words" == sink.of_type("text_delta")[0]["delta"]
+    assert (1001, "server shutting down") == sink.closed
+
+
+async def test_cancelling_the_surrounding_scope_loses_nothing_accepted() -> None:
+    sink = RecordingSink()
+    with anyio.CancelScope() as scope:
+        async with Hub(HubConfig(batch_interval=60)) as hub:
+            connection = await hub.connect(sink)
+            await hub.handle_message(connection, '{"type":"subscribe","sessionId":"s"}')
+            for n in range(100):
+                await hub.queue_delta("s", f"{n},")
+            await hub.broadcast_to_session("s", TextComplete("s", "done"))
+            await hub.queue_delta("s", "tail")
+            scope.cancel()
+            await anyio.sleep_forever()
+    assert "".join(f"{n}," for n in range(100)) + "tail" == "".join(
+        f["delta"] for f in sink.of_type("text_delta")
+    )
+    assert [
+        "text_delta",
+        "text_complete",
+        "text_delta",
+    ] == [f["type"] for f in sink.of_type("text_delta", "text_complete")]
+    assert sink.closed is not None

@@ -1,0 +1,309 @@
+"""Hub sessions: resume, authorization, rate limits, bad input, churn, misuse."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sessionfanout import (
+    Complete,
+    ConfigChanged,
+    Connection,
+    CustomFrame,
+    Hub,
+    HubClosed,
+    HubConfig,
+    InvalidArgument,
+    ProtocolError,
+    SessionMismatch,
+    TextComplete,
+    ToolResult,
+    UnknownConnection,
+)
+from tests.hubtools import RecordingSink, connect, subscribe, wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+async def publish(hub: Hub, session: str, count: int, start: int = 0) -> None:
+    for n in range(start, start + count):
+        await hub.broadcast_to_session(session, ToolResult(session, f"u{n}", "tool", f"r{n}"))
+
+
+async def test_resume_replays_exactly_what_was_missed() -> None:
+    async with Hub() as hub:
+        first_conn, first = await connect(hub)
+        subscribed = await subscribe(hub, first_conn, "s")
+        epoch = subscribed["epoch"]
+        await publish(hub, "s", 5)
+        await wait_for(lambda: len(first.of_type("tool_result")) == 5)
+        await hub.disconnect(first_conn)
+        await publish(hub, "s", 5, start=5)
+        again_conn, again = await connect(hub)
+        reply = await subscribe(hub, again_conn, "s", lastSeq=5, epoch=epoch)
+        await wait_for(lambda: len(again.of_type("tool_result")) == 5)
+    assert {
+        "type": "subscribed",
+        "sessionId": "s",
+        "seq": 10,
+        "epoch": epoch,
+        "resumed": True,
+    } == reply
+    assert [6, 7, 8, 9, 10] == [f["seq"] for f in again.of_type("tool_result")]
+
+
+async def test_resume_while_live_events_keep_arriving_has_no_gap_or_duplicate() -> None:
+    async with Hub() as hub:
+        watcher_conn, _ = await connect(hub)
+        epoch = (await subscribe(hub, watcher_conn, "s"))["epoch"]
+        await publish(hub, "s", 20)
+        resumed: list[RecordingSink] = []
+
+        async def producer() -> None:
+            for n in range(20, 200):
+                await publish(hub, "s", 1, start=n)
+                await anyio.lowlevel.checkpoint()
+
+        async def resumer(last_seq: int) -> None:
+            connection, sink = await connect(hub)
+            await hub.handle_message(
+                connection,
+                json.dumps(
+                    {"type": "subscribe", "sessionId": "s", "lastSeq": last_seq, "epoch": epoch}
+                ),
+            )
+            resumed.append(sink)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            for last_seq in (0, 7, 20, 20, 3):
+                await anyio.lowlevel.checkpoint()
+                tg.start_soon(resumer, last_seq)
+        await wait_for(lambda: all(len(s.of_type("tool_result")) >= 180 for s in resumed))
+        await wait_for(lambda: all(s.of_type("tool_result")[-1]["seq"] == 200 for s in resumed))
+    for sink in resumed:
+        [reply] = sink.of_type("subscribed")
+        assert reply["resumed"] is True
+        seqs = [f["seq"] for f in sink.of_type("tool_result")]
+        assert seqs == list(range(seqs[0], 201)), "no gap, no duplicate, in order"
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ({"lastSeq": 1, "epoch": "not-the-epoch"}, "wrong epoch"),
+        ({"lastSeq": 1}, "no epoch"),
+        ({"lastSeq": 99, "epoch": None}, "ahead"),
+    ],
+)
+async def test_resume_that_cannot_be_complete_answers_resumed_false(
+    extra: dict[str, Any], why: str
+) -> None:
+    async with Hub() as hub:
+        connection, _ = await connect(hub)
+        epoch = (await subscribe(hub, connection, "s"))["epoch"]
+        await publish(hub, "s", 3)
+        if extra.get("epoch", "") is None:
+            extra = {**extra, "epoch": epoch}
+        other_conn, other = await connect(hub)
+        reply = await subscribe(
+            hub, other_conn, "s", **{k: v for k, v in extra.items() if v is not None}
+        )
+        await anyio.sleep(0.01)
+    assert reply["resumed"] is False, why
+    assert [] == other.of_type("tool_result"), "never a partial replay"
+
+
+async def test_resume_older_than_the_history_answers_resumed_false() -> None:
+    async with Hub(HubConfig(history_max_events=5)) as hub:
+        connection, _ = await connect(hub)
+        epoch = (await subscribe(hub, connection, "s"))["epoch"]
+        await publish(hub, "s", 10)
+        too_old_conn, too_old = await connect(hub)
+        refused = await subscribe(hub, too_old_conn, "s", lastSeq=4, epoch=epoch)
+        fits_conn, fits = await connect(hub)
+        accepted = await subscribe(hub, fits_conn, "s", lastSeq=5, epoch=epoch)
+        await wait_for(lambda: len(fits.of_type("tool_result")) == 5)
+    assert refused["resumed"] is False
+    assert [] == too_old.of_type("tool_result")
+    assert accepted["resumed"] is True
+
+
+async def test_an_authorize_hook_that_says_no_gives_forbidden_and_no_subscription() -> None:
+    asked: list[tuple[str, str]] = []
+
+    async def authorize(connection: Connection, session_id: str) -> bool:
+        asked.append((connection.context, session_id))
+        return session_id.startswith(f"{connection.context}:")
+
+    async with Hub(HubConfig(authorize=authorize)) as hub:
+        connection = await hub.connect(sink := RecordingSink(), context="alice")
+        refused = await subscribe(hub, connection, "bob:1")
+        accepted = await subscribe(hub, connection, "alice:1")
+        assert frozenset({"alice:1"}) == hub.sessions_of(connection)
+        await hub.broadcast_to_session("bob:1", Complete("bob:1"))
+        await anyio.sleep(0.01)
+    assert {
+        "type": "client_error",
+        "code": "forbidden",
+        "requestType": "subscribe",
+    } == {k: v for k, v in refused.items() if k != "message"}
+    assert "subscribed" == accepted["type"]
+    assert [("alice", "bob:1"), ("alice", "alice:1")] == asked
+    assert [] == sink.of_type("complete")
+
+
+async def test_a_failing_authorize_hook_refuses_and_nothing_escapes() -> None:
+    def authorize(connection: Connection, session_id: str) -> bool:
+        raise RuntimeError("auth service down")
+
+    async with Hub(HubConfig(authorize=authorize)) as hub:
+        connection, _ = await connect(hub)
+        assert "forbidden" == (await subscribe(hub, connection, "s"))["code"]
+        assert 0 == hub.statistics().subscriptions
+
+
+async def test_a_connection_over_its_rate_gets_rate_limited_and_stays_usable() -> None:
+    async with Hub(HubConfig(client_rate=50, client_burst=5)) as hub:
+        connection, sink = await connect(hub)
+        for _ in range(8):
+            await hub.handle_message(connection, '{"type":"unsubscribe","sessionId":"x"}')
+        await wait_for(lambda: len(sink.of_type("unsubscribed", "client_error")) == 8)
+        codes = [f.get("code") for f in sink.of_type("unsubscribed", "client_error")]
+        assert codes == [None] * 5 + ["rate_limited"] * 3
+        await anyio.sleep(0.1)
+        assert "subscribed" == (await subscribe(hub, connection, "s"))["type"]
+
+
+client_frames = st.one_of(
+    st.text(max_size=50),
+    st.binary(max_size=50),
+    st.builds(
+        json.dumps,
+        st.dictionaries(
+            st.sampled_from(["type", "sessionId", "requestId", "lastSeq", "epoch", "allowed", "x"]),
+            st.none()
+            | st.booleans()
+            | st.integers()
+            | st.text(max_size=5)
+            | st.sampled_from(["subscribe", "unsubscribe", "permission_response", "echo"]),
+            max_size=5,
+        ),
+    ),
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(frames=st.lists(client_frames, min_size=1, max_size=8))
+async def test_handle_message_fuzz_nothing_escapes_and_rejections_change_nothing(
+    frames: list[str | bytes],
+) -> None:
+    async def echo(connection: Connection, frame: CustomFrame) -> None:
+        if not isinstance(frame.data.get("x"), int):
+            raise ProtocolError("invalid_message", "field 'x' must be an integer", frame.type)
+
+    async with Hub(HubConfig(client_rate=None)) as hub:
+        hub.register_client_frame("echo", echo)
+        connection, sink = await connect(hub)
+        await wait_for(lambda: len(sink.texts) == 1)
+        for raw in frames:
+            before_sessions = hub.sessions_of(connection)
+            before_stats = hub.statistics()
+            sent = len(sink.texts)
+            await hub.handle_message(connection, raw)
+            await wait_for(lambda: not connection.outbox)
+            replies = sink.frames[sent:]
+            if any(f["type"] == "client_error" for f in replies):
+                assert 1 == len(replies)
+                assert before_sessions == hub.sessions_of(connection)
+                after = hub.statistics()
+                assert before_stats.subscriptions == after.subscriptions
+                assert before_stats.known_sessions == after.known_sessions
+                assert before_stats.client_errors + 1 == after.client_errors
+
+
+async def test_unsubscribe_stops_delivery_and_answers() -> None:
+    async with Hub() as hub:
+        connection, sink = await connect(hub)
+        await subscribe(hub, connection, "s")
+        await hub.handle_message(connection, '{"type":"unsubscribe","sessionId":"s"}')
+        await hub.broadcast_to_session("s", Complete("s"))
+        await wait_for(lambda: bool(sink.of_type("unsubscribed")))
+        await anyio.sleep(0.01)
+    assert [{"type": "unsubscribed", "sessionId": "s"}] == sink.of_type("unsubscribed")
+    assert [] == sink.of_type("complete")
+
+
+async def test_custom_client_frames_reach_their_handler() -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def start(connection: Connection, frame: CustomFrame) -> None:
+        seen.append(frame.data)
+        await hub.send(connection, ConfigChanged("config"))
+
+    async with Hub() as hub:
+        hub.register_client_frame("start_agent", start)
+        connection, sink = await connect(hub)
+        await hub.handle_message(connection, '{"type":"start_agent","sessionId":"s"}')
+        await wait_for(lambda: bool(sink.of_type("config_changed")))
+    assert [{"type": "start_agent", "sessionId": "s"}] == seen
+
+
+@pytest.mark.slow
+async def test_churn_leaves_nothing_behind() -> None:
+    """100,000 connect, subscribe, disconnect cycles leave every table empty."""
+    async with Hub(HubConfig(client_rate=None, history_idle_ttl=0.05)) as hub:
+        for n in range(100_000):
+            connection = await hub.connect(RecordingSink())
+            session = f"s{n % 1000}"
+            await hub.handle_message(connection, f'{{"type":"subscribe","sessionId":"{session}"}}')
+            if n % 100 == 0:
+                await hub.broadcast_to_session(session, Complete(session))
+            await hub.disconnect(connection)
+        await anyio.sleep(0.2)  # past the idle time-to-live of the sessions that had events
+        stats = hub.statistics()
+    assert (0, 0, 0, 0, 0, ()) == (
+        stats.connections,
+        stats.subscriptions,
+        stats.sessions,
+        stats.known_sessions,
+        stats.pending_permissions,
+        stats.outboxes,
+    )
+
+
+async def test_api_misuse_raises_precise_errors() -> None:
+    hub = Hub()
+    with pytest.raises(HubClosed):
+        await hub.broadcast_to_session("s", Complete("s"))
+    async with hub:
+        with pytest.raises(SessionMismatch):
+            await hub.broadcast_to_session("s", Complete("t"))
+        for bad in ("", "x" * 257, 7):
+            with pytest.raises(InvalidArgument):
+                await hub.queue_delta(bad, "text")  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument):
+            await hub.queue_delta("s", b"bytes")  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument):
+            await hub.broadcast_global(TextComplete("s", "x"))  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument):
+            hub.register_client_frame("subscribe", lambda c, f: anyio.lowlevel.checkpoint())  # type: ignore[arg-type,return-value]
+        stranger = Connection("nobody", RecordingSink())
+        with pytest.raises(UnknownConnection):
+            await hub.handle_message(stranger, "{}")
+    with pytest.raises(HubClosed):
+        await hub.queue_delta("s", "late")
+
+
+def test_config_refuses_bad_values() -> None:
+    for bad in ({"batch_interval": -1}, {"outbox_max_messages": 0}, {"client_rate": 0}):
+        with pytest.raises(InvalidArgument):
+            HubConfig(**bad)  # type: ignore[arg-type]
