@@ -70,19 +70,16 @@ class DeltaBatcher:
         Those are the previous turn's text when ``turn_id`` changed and every
         batch that reached ``max_chars`` (a long text is split at the cap).
         """
-        if not text:
-            return _NONE
-        # A clock that steps back must not break the FIFO's order.
-        if now < self._last_now:
-            now = self._last_now
-        self._last_now = now
         pending = self._pending.get(session_id)
         if pending is not None and pending.turn_id == turn_id:
-            if pending.chars + len(text) < self.max_chars:
+            chars = pending.chars + len(text)
+            if chars < self.max_chars:
                 pending.parts.append(text)
-                pending.chars += len(text)
+                pending.chars = chars
                 return _NONE
             return self._add_overflowing(session_id, pending, text, turn_id, now)
+        if not text:
+            return _NONE
         out: list[Batch] = []
         if pending is not None:
             out.append(self._pop(session_id, pending))
@@ -110,6 +107,10 @@ class DeltaBatcher:
         return out
 
     def _start(self, session_id: str, text: str, turn_id: str | None, now: float) -> None:
+        # A clock that steps back must not break the FIFO's order.
+        if now < self._last_now:
+            now = self._last_now
+        self._last_now = now
         pending = _Pending(turn_id, now + self.interval, [text], len(text))
         self._pending[session_id] = pending
         self._deadlines.append((pending.deadline, session_id, pending))

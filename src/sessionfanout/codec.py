@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Final, TypeVar
 
 import attrs
@@ -127,12 +128,34 @@ def _make_converter() -> cattrs.Converter:
 
 
 _converter: Final = _make_converter()
-_dumps: Final = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _make_dumps() -> Callable[[Any], str]:
+    # json.dumps builds a new C encoder on every call, which costs more than
+    # encoding a small frame; build it once. Compact, ASCII-only output.
+    if c_make_encoder is None:  # pragma: no cover - CPython always has it
+        return json.JSONEncoder(separators=(",", ":")).encode
+    encoder = c_make_encoder(
+        None, _refuse, encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+    return lambda value: "".join(encoder(value, 0))
+
+
+_dumps: Final = _make_dumps()
+_hooks: dict[type[Any], Callable[[Any], dict[str, Any]]] = {}
 
 
 def unstructure(event: ServerEvent) -> dict[str, Any]:
     """The JSON object of a server frame, ``type`` first."""
-    return {"type": event.TYPE, **_converter.unstructure(event)}
+    cls = type(event)
+    hook = _hooks.get(cls)
+    if hook is None:
+        hook = _hooks[cls] = _converter.get_unstructure_hook(cls)
+    return {"type": event.TYPE, **hook(event)}
 
 
 def encode(event: ServerEvent) -> str:

@@ -1,0 +1,118 @@
+"""Cost of the sans-IO core: encoding per event, batching per delta.
+
+Run: ``.venv/bin/python benchmarks/core.py`` (or ``make bench``). Prints a
+table; numbers are for this machine and this run, compare them within a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sessionfanout import (
+    Complete,
+    DeltaBatcher,
+    PermissionRequest,
+    PermissionRequestInfo,
+    TextComplete,
+    TextDelta,
+    ToolResult,
+    ToolStart,
+    decode_client,
+    encode,
+    with_seq,
+)
+
+
+def per_call(fn: Callable[[], Any], calls: int, repeat: int = 5) -> float:
+    """Median microseconds per call over ``repeat`` runs of ``calls`` calls."""
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        runs.append((time.perf_counter() - start) / calls * 1e6)
+    return statistics.median(runs)
+
+
+def encode_rows(calls: int) -> list[tuple[str, float]]:
+    events: list[tuple[str, Any]] = [
+        ("text_delta", TextDelta("session-0001", "Hello, streaming world. ", "turn-1")),
+        ("text_complete", TextComplete("session-0001", "Hello " * 200, False, "turn-1")),
+        ("tool_start", ToolStart("session-0001", "bash", "toolu_01", {"command": "ls -la"})),
+        ("tool_result", ToolResult("session-0001", "toolu_01", "bash", "total 0", is_error=False)),
+        (
+            "permission_request",
+            PermissionRequest(
+                "session-0001", PermissionRequestInfo("r" * 22, "bash", "rm -rf build", "clean")
+            ),
+        ),
+        ("complete", Complete("session-0001")),
+    ]
+    rows = [(f"encode {name}", per_call(lambda e=e: encode(e), calls)) for name, e in events]
+    body = encode(events[0][1])
+    stamp = per_call(lambda: with_seq(body, 12345), calls)
+    rows.append(("with_seq (stamp seq on an encoded frame)", stamp))
+    raw = json.dumps({"type": "subscribe", "sessionId": "session-0001", "lastSeq": 5, "epoch": "e"})
+    rows.append(("decode_client subscribe", per_call(lambda: decode_client(raw), calls)))
+    return rows
+
+
+def batcher_rows(sessions: int, deltas_per_session: int) -> list[tuple[str, float]]:
+    """Every session streams; deltas arrive round-robin, due() runs every 5 ms of virtual time."""
+    session_ids = [f"session-{n:05d}" for n in range(sessions)]
+    total = sessions * deltas_per_session
+    step = 0.02 / sessions  # each session gets a delta every 20 ms (50 deltas/s)
+
+    def drive(add: Callable[..., Any], due: Callable[[float], Any]) -> float:
+        now = 0.0
+        next_due = 0.005
+        start = time.perf_counter()
+        for i in range(total):
+            now += step
+            add(session_ids[i % sessions], "token ", "turn-1", now)
+            if now >= next_due:
+                due(now)
+                next_due += 0.005
+        return (time.perf_counter() - start) / total * 1e6
+
+    def nothing(*args: Any) -> Any:
+        return ()
+
+    driver, with_batcher = [], []
+    for _ in range(5):
+        driver.append(drive(nothing, nothing))
+        batcher = DeltaBatcher(0.05, 16384)
+        with_batcher.append(drive(batcher.add, batcher.due))
+        batcher.flush_all()
+    loop = statistics.median(driver)
+    gross = statistics.median(with_batcher)
+    return [
+        (f"driver loop alone (calls a no-op), {sessions:,} sessions", loop),
+        (f"driver loop with batcher add+due, {sessions:,} sessions", gross),
+        (f"batcher add+due per delta, {sessions:,} concurrent sessions", gross - loop),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--sessions", type=int, default=10_000)
+    args = parser.parse_args()
+    rows = encode_rows(args.calls) + batcher_rows(args.sessions, 20)
+    width = max(len(name) for name, _ in rows)
+    print(f"{'operation':<{width}}  us/op")
+    print(f"{'-' * width}  -----")
+    for name, micros in rows:
+        print(f"{name:<{width}}  {micros:5.2f}")
+    batch_cost = rows[-1][1]
+    verdict = "meets" if batch_cost <= 2.0 else "misses"
+    print(f"\nbatcher: {batch_cost:.2f} us per delta ({verdict} the 2 us aim)")
+
+
+if __name__ == "__main__":
+    main()
