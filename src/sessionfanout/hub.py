@@ -72,6 +72,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
 ABORTED = "aborted"
+SHUTDOWN = "server shutting down"
 
 
 @attrs.frozen
@@ -154,6 +155,7 @@ class Hub:
         self._wake_at = math.inf
         self._wakeup: anyio.Event | None = None
         self._drained: anyio.Event | None = None
+        self._closed: anyio.Event | None = None
         self._counters = dict.fromkeys(
             (
                 "frames_sent",
@@ -186,6 +188,20 @@ class Hub:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._tg is not None
+        await self.aclose()
+        self._tg.cancel_scope.cancel()
+        return await self._tg.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        """Stop accepting work, flush pending deltas, let outboxes drain (for at
+        most ``close_timeout``), then close every sink with 1001 and end pending
+        permission requests (denied). Idempotent; leaving ``async with`` calls
+        it. A server calls it first when it wants its clients to get the last
+        frames before the transport goes down."""
+        if self._closed is not None:
+            await self._closed.wait()
+            return
+        self._closed = anyio.Event()
         with anyio.CancelScope(shield=True):
             self._running = False
             self._end_permissions()
@@ -197,10 +213,13 @@ class Hub:
             if self._registry.sink_count:
                 with anyio.move_on_after(self.config.close_timeout):
                     await self._drained.wait()
-            for connection in list(self._registry.sinks()):
-                self._close(connection, CLOSE_GOING_AWAY, "server shutting down")
-            self._tg.cancel_scope.cancel()
-        return await self._tg.__aexit__(exc_type, exc, tb)
+            stragglers = list(self._registry.sinks())
+            for connection in stragglers:
+                self._forget(connection)
+            async with anyio.create_task_group() as tg:
+                for connection in stragglers:
+                    tg.start_soon(self._close_sink, connection.sink, CLOSE_GOING_AWAY, SHUTDOWN)
+        self._closed.set()
 
     @property
     def running(self) -> bool:
@@ -519,9 +538,10 @@ class Hub:
                 logger.info("dropping connection %s: send failed: %r", connection.id, exc)
                 self._close(connection, CLOSE_INTERNAL, "send failed")
                 return
-            # Hub shutdown: the outbox is drained.
+            # Hub shutdown: the outbox is drained; close before forgetting, so
+            # that aclose() returns once every drained sink is closed.
+            await self._close_sink(connection.sink, CLOSE_GOING_AWAY, SHUTDOWN)
             self._forget(connection)
-            await self._close_sink(connection.sink, CLOSE_GOING_AWAY, "server shutting down")
 
     async def _write_loop(self, connection: Connection) -> None:
         outbox = connection.outbox

@@ -1,0 +1,205 @@
+"""The sessionfanout demo: a Starlette app served by uvicorn.
+
+    python examples/asgi_app.py --host 127.0.0.1 --port 8000
+
+Routes: ``GET /`` (the demo page), ``WS /ws`` (the protocol),
+``POST /api/sessions/{id}/messages`` (start the mock agent),
+``POST /api/sessions/{id}/abort``, ``POST /api/config/changed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import uvicorn
+from agents import AgentRunner  # the script's folder is on sys.path
+from mock_agent import MockOptions
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from sessionfanout import ConfigChanged, Connection, Hub, HubClosed, HubConfig
+
+DEMO = Path(__file__).parent / "demo"
+MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_ID_LENGTH = 256
+logger = logging.getLogger("sessionfanout.examples")
+
+
+class WebSocketSink:
+    """The whole transport adapter: a Starlette WebSocket as a Sink."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+
+    async def send(self, text: str) -> None:
+        await self.websocket.send_text(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.websocket.close(code, reason)
+
+
+async def incoming(websocket: WebSocket) -> AsyncIterator[str | bytes]:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        yield text if text is not None else message.get("bytes") or b""
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    hub: Hub = websocket.app.state.hub
+    await websocket.accept()
+    try:
+        await hub.serve(WebSocketSink(websocket), incoming(websocket))
+    except HubClosed:
+        await websocket.close(1001, "server shutting down")
+    except WebSocketDisconnect:
+        pass
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def read_json(request: Request) -> Any:
+    """The body as JSON, refusing more than MAX_BODY_BYTES; ValueError when bad."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ValueError(f"body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise ValueError("body is not valid JSON") from None
+
+
+def session_id_of(request: Request) -> str:
+    session_id: str = request.path_params["session_id"]
+    if len(session_id) > MAX_ID_LENGTH:
+        raise ValueError(f"session id must be at most {MAX_ID_LENGTH} characters")
+    return session_id
+
+
+async def post_message(request: Request) -> Response:
+    try:
+        session_id = session_id_of(request)
+        options = MockOptions.from_json(await read_json(request))
+    except ValueError as exc:
+        return error(400, str(exc))
+    runner: AgentRunner = request.app.state.runner
+    if not request.app.state.hub.running:
+        return error(503, "server shutting down")
+    if not runner.start(session_id, options):
+        return error(409, "an agent is already running for this session")
+    return JSONResponse({"accepted": True}, status_code=202)
+
+
+async def post_abort(request: Request) -> Response:
+    try:
+        session_id = session_id_of(request)
+    except ValueError as exc:
+        return error(400, str(exc))
+    if not request.app.state.runner.abort(session_id):
+        return error(404, "no agent is running for this session")
+    return JSONResponse({"aborted": True}, status_code=202)
+
+
+async def post_config_changed(request: Request) -> Response:
+    try:
+        body = await read_json(request)
+    except ValueError as exc:
+        return error(400, str(exc))
+    change = body.get("changeType") if isinstance(body, dict) else None
+    if change not in ("config", "theme"):
+        return error(400, 'field \'changeType\' must be "config" or "theme"')
+    try:
+        await request.app.state.hub.broadcast_global(ConfigChanged(change))
+    except HubClosed:
+        return error(503, "server shutting down")
+    return JSONResponse({"accepted": True}, status_code=202)
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(DEMO / "index.html")
+
+
+def authorize(connection: Connection, session_id: str) -> bool:
+    """The demo's authorization hook. A real server checks that the
+    connection's user (its ``context``) may see the session; here sessions
+    named ``private:...`` are refused, so that the refusal can be seen."""
+    return not session_id.startswith("private:")
+
+
+def create_app(config: HubConfig | None = None) -> Starlette:
+    config = config or HubConfig(authorize=authorize)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with Hub(config) as hub, anyio.create_task_group() as agents:
+            app.state.hub = hub
+            app.state.runner = AgentRunner(hub, agents)
+            yield
+            await shutdown(app)
+
+    return Starlette(
+        routes=[
+            Route("/", index),
+            WebSocketRoute("/ws", websocket_endpoint),
+            Route("/api/sessions/{session_id:path}/messages", post_message, methods=["POST"]),
+            Route("/api/sessions/{session_id:path}/abort", post_abort, methods=["POST"]),
+            Route("/api/config/changed", post_config_changed, methods=["POST"]),
+            Mount("/static", StaticFiles(directory=DEMO)),
+        ],
+        lifespan=lifespan,
+    )
+
+
+async def shutdown(app: Starlette) -> None:
+    """Abort running agents (their clients see error and complete), then let the
+    hub flush and close every connection. Idempotent."""
+    await app.state.runner.abort_all()
+    await app.state.hub.aclose()
+
+
+class Server(uvicorn.Server):
+    """uvicorn closes open WebSockets before the app's lifespan ends; shut the
+    hub down first so that clients get every frame it accepted."""
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        app = self.config.loaded_app
+        while hasattr(app, "app") and not isinstance(app, Starlette):
+            app = app.app
+        if isinstance(app, Starlette) and hasattr(app.state, "hub"):
+            await shutdown(app)
+        await super().shutdown(sockets)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="sessionfanout demo server")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    config = uvicorn.Config(
+        create_app(), host=args.host, port=args.port, log_level=args.log_level, lifespan="on"
+    )
+    print(f"sessionfanout demo: open http://{args.host}:{args.port}/", flush=True)
+    Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

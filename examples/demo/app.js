@@ -1,0 +1,364 @@
+// sessionfanout demo page: plain JS, no build step.
+// One WebSocket; every session in the sidebar is subscribed and resumed with
+// lastSeq/epoch after a reconnect, so a dropped socket costs no event.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const MAX_SESSIONS = 20;
+
+const state = {
+  ws: null,
+  connectionId: null,
+  backoff: 250,
+  current: null,
+  views: new Map(), // sessionId -> view
+  frames: 0,
+};
+window.sessionfanoutDemo = state; // handy in the console
+
+function saveSessions() {
+  localStorage.setItem("sf.sessions", JSON.stringify([...state.views.keys()]));
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// -- views -------------------------------------------------------------------
+
+function viewOf(sessionId) {
+  let view = state.views.get(sessionId);
+  if (!view) {
+    view = {
+      id: sessionId, lastSeq: null, epoch: null, running: false,
+      root: el("div", "view"), turns: new Map(), tools: new Map(), permissions: new Map(),
+    };
+    view.root.style.display = "contents";
+    state.views.set(sessionId, view);
+    while (state.views.size > MAX_SESSIONS) {
+      const oldest = state.views.keys().next().value;
+      state.views.delete(oldest);
+      send({ type: "unsubscribe", sessionId: oldest });
+    }
+    saveSessions();
+    subscribe(view);
+  }
+  return view;
+}
+
+function select(sessionId) {
+  const view = viewOf(sessionId);
+  state.current = sessionId;
+  location.hash = encodeURIComponent(sessionId);
+  const transcript = $("transcript");
+  transcript.replaceChildren(view.root);
+  if (!view.root.childElementCount) transcript.append(emptyNote());
+  $("session-title").textContent = sessionId;
+  hideNotice();
+  renderSidebar();
+  renderMeta();
+  $("message").focus();
+}
+
+function emptyNote() {
+  return el("div", "empty", "Nothing here yet. Send a message and watch it stream back.");
+}
+
+function renderSidebar() {
+  const list = $("sessions");
+  list.replaceChildren();
+  for (const view of [...state.views.values()].reverse()) {
+    const item = el("li", view.id === state.current ? "active" : "");
+    if (view.running) item.classList.add("running");
+    item.append(el("span", "", view.id), el("span", "dot"));
+    item.onclick = () => select(view.id);
+    list.append(item);
+  }
+}
+
+function renderMeta() {
+  const view = state.views.get(state.current);
+  $("abort").disabled = !view || !view.running;
+  $("session-meta").textContent = view && view.epoch
+    ? `seq ${view.lastSeq} · epoch ${view.epoch}` : "";
+  $("counters").textContent = `${state.frames} frames received`;
+}
+
+function append(view, node) {
+  const transcript = $("transcript");
+  const empty = transcript.querySelector(".empty");
+  if (empty && view.id === state.current) empty.remove();
+  if (view.id === state.current && !transcript.contains(view.root)) transcript.append(view.root);
+  view.root.append(node);
+  if (view.id === state.current) transcript.scrollTop = transcript.scrollHeight;
+  return node;
+}
+
+function setRunning(view, running) {
+  view.running = running;
+  renderSidebar();
+  renderMeta();
+}
+
+function notice(text) {
+  const box = $("notice");
+  box.textContent = text;
+  box.hidden = false;
+}
+
+function hideNotice() {
+  $("notice").hidden = true;
+}
+
+// -- events ------------------------------------------------------------------
+
+const handlers = {
+  text_delta(view, f) {
+    let bubble = view.turns.get(f.turnId || "");
+    if (!bubble || !bubble.classList.contains("streaming")) {
+      bubble = append(view, el("div", "msg agent streaming"));
+      view.turns.set(f.turnId || "", bubble);
+    }
+    bubble.append(f.delta);
+    if (!view.running) setRunning(view, true);
+  },
+  text_complete(view, f) {
+    let bubble = view.turns.get(f.turnId || "");
+    if (!bubble || !bubble.classList.contains("streaming")) {
+      bubble = append(view, el("div", "msg agent"));
+    }
+    bubble.textContent = f.text;
+    bubble.classList.remove("streaming");
+    bubble.dataset.complete = "true";
+    view.turns.delete(f.turnId || "");
+  },
+  tool_start(view, f) {
+    const card = el("div", "card tool");
+    const title = el("div", "title");
+    title.append(el("span", "icon", "⚙"), f.toolDisplayName || f.toolName);
+    const badge = el("span", "badge running", "running");
+    title.append(badge);
+    card.append(title);
+    if (f.toolIntent) card.append(el("div", "sub", f.toolIntent));
+    card.append(el("pre", "", JSON.stringify(f.toolInput, null, 2)));
+    card.badge = badge;
+    view.tools.set(f.toolUseId, append(view, card));
+  },
+  tool_result(view, f) {
+    const card = view.tools.get(f.toolUseId) || append(view, el("div", "card tool"));
+    const badge = card.badge || card.appendChild(el("span", "badge"));
+    badge.className = `badge ${f.isError ? "err" : "ok"}`;
+    badge.textContent = f.isError ? `failed: ${f.result}` : `done: ${f.result}`;
+    card.dataset.result = f.result;
+  },
+  permission_request(view, f) {
+    const request = f.request;
+    const card = el("div", "card permission");
+    card.dataset.testid = "permission";
+    const title = el("div", "title");
+    title.append(el("span", "icon warn", "!"), "Permission needed");
+    card.append(title);
+    card.append(el("div", "sub", request.description));
+    card.append(el("pre", "", `${request.toolName}: ${request.command}`));
+    const actions = el("div", "actions");
+    const allow = el("button", "allow", "Allow");
+    const deny = el("button", "deny", "Deny");
+    allow.dataset.testid = "allow";
+    deny.dataset.testid = "deny";
+    const answer = (allowed) => {
+      send({ type: "permission_response", requestId: request.requestId, allowed });
+      decide(card, allowed ? "✓ You allowed it" : "✗ You denied it");
+    };
+    allow.onclick = () => answer(true);
+    deny.onclick = () => answer(false);
+    actions.append(allow, deny);
+    card.append(actions);
+    view.permissions.set(request.requestId, append(view, card));
+  },
+  permission_timeout(view, f) {
+    const card = view.permissions.get(f.requestId);
+    if (card) decide(card, "⏱ Timed out: denied");
+  },
+  complete(view) {
+    for (const bubble of view.turns.values()) bubble.classList.remove("streaming");
+    view.turns.clear();
+    for (const card of view.permissions.values()) {
+      if (!card.classList.contains("decided")) decide(card, "Answered elsewhere");
+    }
+    append(view, el("div", "event-line", "✓ complete"));
+    setRunning(view, false);
+  },
+  error(view, f) {
+    append(view, el("div", "event-line error", `⚠ ${f.error}`));
+  },
+};
+
+function decide(card, text) {
+  if (card.classList.contains("decided")) return;
+  card.classList.add("decided");
+  card.append(el("div", "sub", text));
+}
+
+function onFrame(frame) {
+  state.frames += 1;
+  switch (frame.type) {
+    case "connected":
+      state.connectionId = frame.connectionId;
+      $("conn-id").textContent = `connection ${frame.connectionId}`;
+      return;
+    case "subscribed": {
+      const view = state.views.get(frame.sessionId);
+      if (!view) return;
+      if (!frame.resumed && view.lastSeq !== null && view.lastSeq < frame.seq) {
+        if (view.id === state.current) {
+          notice(`Events ${view.lastSeq + 1}–${frame.seq} are no longer available; showing new events from here.`);
+        }
+        append(view, el("div", "event-line", "— history gap: reloaded —"));
+      }
+      if (!frame.resumed) view.lastSeq = frame.seq;
+      view.epoch = frame.epoch;
+      renderMeta();
+      return;
+    }
+    case "config_changed":
+      if (frame.changeType === "theme") toggleTheme();
+      return;
+    case "client_error":
+      notice(`Server refused a frame: ${frame.code}: ${frame.message}`);
+      return;
+    case "unsubscribed":
+      return;
+  }
+  const view = state.views.get(frame.sessionId);
+  const handler = handlers[frame.type];
+  if (!view || !handler) return;
+  if (typeof frame.seq === "number") {
+    if (view.lastSeq !== null && frame.seq <= view.lastSeq) return; // already shown
+    view.lastSeq = frame.seq;
+  }
+  handler(view, frame);
+  renderMeta();
+}
+
+// -- socket ------------------------------------------------------------------
+
+function setStatus(kind, text) {
+  const status = $("status");
+  status.className = `status status-${kind}`;
+  status.textContent = text;
+}
+
+function send(frame) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(frame));
+}
+
+function subscribe(view) {
+  const frame = { type: "subscribe", sessionId: view.id };
+  if (view.lastSeq !== null && view.epoch) {
+    frame.lastSeq = view.lastSeq;
+    frame.epoch = view.epoch;
+  }
+  send(frame);
+}
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${scheme}://${location.host}/ws`);
+  state.ws = ws;
+  ws.onopen = () => {
+    state.backoff = 250;
+    setStatus("connected", "Connected");
+    for (const view of state.views.values()) subscribe(view);
+  };
+  ws.onmessage = (message) => onFrame(JSON.parse(message.data));
+  ws.onclose = () => {
+    if (state.ws !== ws) return;
+    setStatus("reconnecting", "Reconnecting…");
+    const delay = state.backoff * (0.75 + Math.random() / 2);
+    state.backoff = Math.min(state.backoff * 2, 5000);
+    setTimeout(connect, delay);
+  };
+}
+
+// -- actions -----------------------------------------------------------------
+
+async function post(path, body) {
+  const response = await fetch(path, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  if (!response.ok) {
+    const detail = await response.json().catch(() => ({ error: response.statusText }));
+    notice(detail.error || `HTTP ${response.status}`);
+  }
+  return response.ok;
+}
+
+$("composer").onsubmit = async (event) => {
+  event.preventDefault();
+  const text = $("message").value.trim();
+  if (!text) return;
+  if (!state.current) select(newSessionId());
+  const view = viewOf(state.current);
+  hideNotice();
+  const ok = await post(`/api/sessions/${encodeURIComponent(view.id)}/messages`, {
+    message: text,
+    deltas: Number($("deltas").value) || 20,
+    deltaIntervalMs: Number($("interval").value) || 0,
+    tool: $("tool").checked,
+    permission: $("permission").checked,
+  });
+  if (ok) {
+    append(view, el("div", "msg user", text));
+    $("message").value = "";
+    setRunning(view, true);
+  }
+};
+
+$("message").onkeydown = (event) => {
+  if (event.key === "Enter" && !event.shiftKey) {
+    event.preventDefault();
+    $("composer").requestSubmit();
+  }
+};
+
+$("abort").onclick = () => {
+  if (state.current) post(`/api/sessions/${encodeURIComponent(state.current)}/abort`, {});
+};
+
+$("theme").onclick = () => post("/api/config/changed", { changeType: "theme" });
+
+function toggleTheme() {
+  const root = document.documentElement;
+  const next = root.dataset.theme === "dark" ? "light" : "dark";
+  root.dataset.theme = next;
+  localStorage.setItem("sf.theme", next);
+}
+
+function newSessionId() {
+  const words = ["amber", "brisk", "cedar", "delta", "ember", "fjord", "grove", "harbor", "indigo", "juniper"];
+  const word = words[Math.floor(Math.random() * words.length)];
+  return `${word}-${Math.random().toString(36).slice(2, 6)}`;
+}
+
+$("new-session").onclick = () => select(newSessionId());
+$("join-form").onsubmit = (event) => {
+  event.preventDefault();
+  const id = $("join-id").value.trim();
+  if (id) select(id);
+  $("join-id").value = "";
+};
+
+// -- start -------------------------------------------------------------------
+
+document.documentElement.dataset.theme = localStorage.getItem("sf.theme") || "light";
+connect();
+for (const id of JSON.parse(localStorage.getItem("sf.sessions") || "[]")) viewOf(id);
+const wanted = decodeURIComponent(location.hash.slice(1));
+if (wanted) select(wanted);
+else if (state.views.size) select([...state.views.keys()].pop());
+renderSidebar();
