@@ -29,12 +29,8 @@ system-deps:
 	fi
 
 demo: $(STAMP)
-	@if [ -f examples/asgi_app.py ]; then \
-		echo "open http://$(HOST):$(PORT)/ (Ctrl-C to stop)"; \
-		$(BIN)/python examples/asgi_app.py --host $(HOST) --port $(PORT); \
-	else \
-		$(BIN)/python examples/core_demo.py; \
-	fi
+	@echo "sessionfanout demo: open http://$(HOST):$(PORT)/ (Ctrl-C to stop)"
+	$(BIN)/python examples/asgi_app.py --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)

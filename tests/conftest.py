@@ -1,10 +1,17 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio.testing
+
+# The examples are scripts, not a package: their folder is on the path when
+# they run, and so it is for the tests that import their pieces.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 
 @pytest.fixture(
@@ -46,3 +53,16 @@ class RecordingSink:
 
     def session_frames(self, session_id: str) -> list[dict[str, Any]]:
         return [frame for frame in self.frames if frame.get("sessionId") == session_id]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The ASGI example under a real uvicorn, shared by the end-to-end tests."""
+    from tests.servers import free_port, http_ready, python, running
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("asgi") / "server.log"
+    args = [python(), "examples/asgi_app.py", "--host", "127.0.0.1", "--port", str(port)]
+    with running([*args, "--log-level", "warning"], http_ready(base + "/"), log=log):
+        yield base

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
@@ -120,7 +121,7 @@ class Client:
         while (left := deadline - time.monotonic()) > 0:
             try:
                 extra.append(self.recv(timeout=left))
-            except TimeoutError:
+            except (TimeoutError, ConnectionClosed):
                 break
         return extra
 
@@ -146,6 +147,11 @@ def check_stream(frames: list[Frame], message: str) -> list[Frame]:
     assert message == complete_text
     assert "complete" == frames[-1]["type"]
     return deltas
+
+
+def ws_url(base: str) -> str:
+    """The WebSocket endpoint of an ASGI example server at ``base``."""
+    return base.replace("http://", "ws://") + "/ws"
 
 
 def python() -> str:

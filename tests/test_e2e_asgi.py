@@ -6,8 +6,8 @@ import base64
 import os
 import signal
 import socket
+import subprocess
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.servers import (
+    ROOT,
     Client,
     Frame,
     check_stream,
@@ -23,24 +24,10 @@ from tests.servers import (
     python,
     running,
     session_frames,
+    ws_url,
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("asgi") / "server.log"
-    args = [python(), "examples/asgi_app.py", "--host", "127.0.0.1", "--port", str(port)]
-    args += ["--log-level", "warning"]
-    with running(args, http_ready(base + "/"), log=log):
-        yield base
-
-
-def ws_url(base: str) -> str:
-    return base.replace("http://", "ws://") + "/ws"
 
 
 def start_agent(base: str, session_id: str, message: str, **knobs: object) -> httpx.Response:
@@ -152,7 +139,9 @@ def test_a_2_mib_frame_is_refused_and_the_connection_stays_usable(server: str) -
     client.close()
 
 
-def test_a_flood_of_frames_is_rate_limited_and_the_connection_stays_usable(server: str) -> None:
+def test_a_flood_of_frames_is_rate_limited_and_the_connection_stays_usable(
+    server: str,
+) -> None:
     client = Client(ws_url(server))
     for _ in range(60):
         client.send({"type": "unsubscribe", "sessionId": "x"})
@@ -317,15 +306,41 @@ def test_sigterm_flushes_and_closes_cleanly(tmp_path: Path) -> None:
         start_agent(base, session, "z" * 500, deltas=50, deltaIntervalMs=20)
         client.recv_until(lambda f: f["type"] == "text_delta")
         process.terminate()
-        frames = []
-        try:
-            while True:
-                frames.append(client.recv(timeout=15))
-        except Exception:  # the close after the last frame
-            pass
+        client.quiet_for(15)  # until the server closes the connection
         # uvicorn shuts down gracefully, then re-raises the signal it caught.
         assert process.wait(timeout=15) in (0, -signal.SIGTERM)
     assert "Traceback" not in (tmp_path / "server.log").read_text()
     types = [f["type"] for f in session_frames(client.frames, session)]
     assert ["error", "complete"] == types[-2:], "the running agent was aborted and reported"
     assert 1001 == client.ws.close_code
+
+
+def test_watch_prints_a_session_live(server: str, tmp_path: Path) -> None:
+    session = unique("watched")
+    args = [
+        python(),
+        "-u",
+        "examples/watch.py",
+        session,
+        "--url",
+        ws_url(server),
+        "--no-color",
+    ]
+    log = tmp_path / "watch.log"
+    with log.open("w") as out:
+        watcher = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 20
+        while "[watching" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        start_agent(server, session, "watch me stream", deltas=5, deltaIntervalMs=10, tool=True)
+        while "complete" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        watcher.terminate()
+        watcher.wait(timeout=10)
+    output = log.read_text()
+    assert "watch me stream\n" in output
+    assert "⚙ echo" in output
+    assert "↳ echo: allowed" in output
+    assert "— complete —" in output

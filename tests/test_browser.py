@@ -1,0 +1,112 @@
+"""The demo page in a real headless Chromium (Debian's), driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def require(condition: bool, why: str) -> None:
+    """A missing browser fails under CI=true and skips elsewhere, saying why."""
+    if condition:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{why} (CI=true: a missing browser is a failure)")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    require(CHROMIUM is not None, "Debian's chromium is not installed (make test installs it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:  # pragma: no cover - the dev extra installs it
+        require(False, "playwright is not installed")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+def test_the_demo_page_streams_asks_permission_and_resumes(
+    server: str, browser: Any, tmp_path: Path
+) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{server}/#browser-session")
+    page.wait_for_selector(".status-connected")
+
+    message = "Streaming into a real browser, one coalesced frame at a time."
+    page.fill("[data-testid=message]", message)
+    page.fill("#deltas", "30")
+    page.fill("#interval", "15")
+    page.check("[data-testid=permission-toggle]")
+    page.click("[data-testid=send]")
+
+    page.wait_for_selector(".msg.agent.streaming")  # text arriving, cursor blinking
+    page.wait_for_selector(".msg.agent[data-complete=true]")
+    assert message == page.inner_text(".msg.agent")
+    page.wait_for_selector("[data-testid=permission] [data-testid=allow]")
+    page.screenshot(path=str(tmp_path / "permission.png"))
+    page.click("[data-testid=permission] [data-testid=allow]")
+    page.wait_for_selector(".card.tool[data-result=allowed]")
+    page.wait_for_selector(".event-line:has-text('complete')")
+    page.screenshot(path=str(tmp_path / "complete.png"))
+
+    # Drop the socket, stream while the page is away, and watch it resume.
+    page.evaluate("window.sessionfanoutDemo.ws.close()")
+    page.wait_for_selector(".status-reconnecting")
+    second = "Written while the page was reconnecting."
+    response = httpx.post(
+        f"{server}/api/sessions/browser-session/messages",
+        json={"message": second, "deltas": 10, "deltaIntervalMs": 5, "tool": False},
+    )
+    assert 202 == response.status_code
+    page.wait_for_selector(".status-connected", timeout=15_000)
+    page.wait_for_function(
+        "document.querySelectorAll('.msg.agent[data-complete=true]').length == 2"
+    )
+    texts = page.locator(".msg.agent").all_inner_texts()
+    assert [message, second] == texts, "resumed without a gap or a duplicate"
+    assert 2 == page.locator(".event-line:has-text('complete')").count()
+    page.screenshot(path=str(tmp_path / "resumed.png"))
+    shots = os.environ.get("SESSIONFANOUT_SCREENSHOTS")
+    if shots:  # keep a copy for a person to look at
+        shutil.copy(tmp_path / "resumed.png", shots)
+    assert (tmp_path / "resumed.png").stat().st_size > 10_000
+    assert [] == errors
+    page.close()
+
+
+def test_the_theme_button_reaches_every_open_page(server: str, browser: Any) -> None:
+    pages = [browser.new_page() for _ in range(2)]
+    for page in pages:
+        page.goto(f"{server}/")
+        page.wait_for_selector(".status-connected")
+    before = [page.evaluate("document.documentElement.dataset.theme") for page in pages]
+    pages[0].click("#theme")
+    for page, theme in zip(pages, before, strict=True):
+        flipped = "dark" if theme == "light" else "light"
+        page.wait_for_function(f"document.documentElement.dataset.theme == '{flipped}'")
+        page.close()

@@ -1,0 +1,86 @@
+"""The examples' own pieces, in process: mock agent, its options, the watcher."""
+
+from __future__ import annotations
+
+import io
+
+import anyio
+import pytest
+from mock_agent import MockOptions, echo_agent, split
+from watch import Watcher
+
+from sessionfanout import Hub
+from tests.hubtools import connect, subscribe, wait_for
+
+
+@pytest.mark.parametrize(
+    ("text", "parts", "expected"),
+    [("abcdefg", 3, ["abc", "de", "fg"]), ("ab", 5, ["a", "b"]), ("", 3, [])],
+)
+def test_split_makes_nearly_equal_chunks(text: str, parts: int, expected: list[str]) -> None:
+    assert expected == split(text, parts)
+
+
+def test_options_default_and_refuse_bad_knobs() -> None:
+    assert MockOptions("hi", 20, 20.0, True, False) == MockOptions.from_json({"message": "hi"})
+    for body, field in [
+        ([], "object"),
+        ({"message": 1}, "'message'"),
+        ({"message": "x", "deltas": True}, "'deltas'"),
+        ({"message": "x", "deltaIntervalMs": "5"}, "'deltaIntervalMs'"),
+        ({"message": "x", "tool": None}, "'tool'"),
+    ]:
+        with pytest.raises(ValueError, match=field):
+            MockOptions.from_json(body)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("allow", [True, False])
+async def test_the_echo_agent_streams_asks_and_reports_the_decision(allow: bool) -> None:
+    options = MockOptions("hello there", deltas=4, delta_interval_ms=0, permission=True)
+    async with Hub() as hub:
+        connection, sink = await connect(hub)
+        await subscribe(hub, connection, "s")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run_agent, "s", echo_agent(options))
+            await wait_for(lambda: bool(sink.of_type("permission_request")))
+            request_id = sink.of_type("permission_request")[0]["request"]["requestId"]
+            await hub.handle_message(
+                connection,
+                f'{{"type":"permission_response","requestId":"{request_id}","allowed":{str(allow).lower()}}}',
+            )
+        await wait_for(lambda: bool(sink.of_type("complete")))
+    frames = sink.session_frames("s")[1:]
+    kinds = [f["type"] for f in frames]
+    assert ["text_complete", "tool_start", "permission_request", "tool_result", "complete"] == [
+        k for k in kinds if k != "text_delta"
+    ]
+    assert "hello there" == "".join(f["delta"] for f in frames if f["type"] == "text_delta")
+    [result] = [f for f in frames if f["type"] == "tool_result"]
+    assert ("allowed" if allow else "denied") == result["result"]
+    assert (None if allow else True) == result.get("isError")
+
+
+def test_the_watcher_skips_what_it_printed_and_says_when_history_is_gone() -> None:
+    out = io.StringIO()
+    watcher = Watcher("s", out=out, color=False)
+    watcher.show(
+        {"type": "subscribed", "sessionId": "s", "seq": 0, "epoch": "e1", "resumed": False}
+    )
+    watcher.show({"type": "text_delta", "sessionId": "s", "delta": "Hel", "seq": 1})
+    watcher.show({"type": "subscribed", "sessionId": "s", "seq": 2, "epoch": "e1", "resumed": True})
+    watcher.show(
+        {"type": "text_delta", "sessionId": "s", "delta": "Hel", "seq": 1}
+    )  # replayed twice
+    watcher.show({"type": "text_delta", "sessionId": "s", "delta": "lo", "seq": 2})
+    watcher.show({"type": "complete", "sessionId": "s", "seq": 3})
+    watcher.show(
+        {"type": "subscribed", "sessionId": "s", "seq": 9, "epoch": "e2", "resumed": False}
+    )
+    assert "Hel\n[resumed after seq 1]\nlo\n— complete —\n" in out.getvalue(), "Hel once"
+    assert "[history gone: seq 4..9 missed]" in out.getvalue()
+    assert ("e2", 9) == (watcher.epoch, watcher.last_seq)
+    assert (
+        watcher.subscribe_frame()
+        == '{"type": "subscribe", "sessionId": "s", "lastSeq": 9, "epoch": "e2"}'
+    )
