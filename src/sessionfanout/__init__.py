@@ -16,6 +16,7 @@ from .agent import (
     PermissionDecision,
 )
 from .batcher import Batch, DeltaBatcher
+from .broker import Broker, BrokerContext, LocalBroker, Receiver
 from .codec import DEFAULT_MAX_FRAME_BYTES, decode_client, decode_server, encode, with_seq
 from .config import AuthorizeHook, HubConfig, SlowConsumerPolicy
 from .connection import Connection, Sink
@@ -73,6 +74,8 @@ __all__ = (
     "AgentToolStart",
     "AuthorizeHook",
     "Batch",
+    "Broker",
+    "BrokerContext",
     "BrokerUnavailable",
     "ClientError",
     "ClientMessage",
@@ -94,6 +97,7 @@ __all__ = (
     "HubConfig",
     "HubStatistics",
     "InvalidArgument",
+    "LocalBroker",
     "PendingPermission",
     "PermissionBroker",
     "PermissionDecision",
@@ -102,6 +106,7 @@ __all__ = (
     "PermissionResponse",
     "PermissionTimeout",
     "ProtocolError",
+    "Receiver",
     "ServerEvent",
     "SessionEvent",
     "SessionFanoutError",

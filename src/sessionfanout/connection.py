@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from .codec import encode
+from .codec import decode_server, encode
 from .events import TextDelta
 
 __all__ = ("Connection", "Sink")
@@ -32,20 +32,17 @@ class Sink(Protocol):
 class Frame:
     """A session event, encoded once and shared by every outbox it is queued in.
 
-    ``delta`` is the text of a ``text_delta`` frame (None for other events); the
-    slow-consumer policy uses it to merge queued deltas.
+    ``is_delta`` marks ``text_delta`` frames, which the slow-consumer policy
+    may merge.
     """
 
-    __slots__ = ("delta", "seq", "session_id", "text", "turn_id")
+    __slots__ = ("is_delta", "seq", "session_id", "text")
 
-    def __init__(
-        self, text: str, session_id: str, seq: int, delta: str | None, turn_id: str | None
-    ) -> None:
+    def __init__(self, text: str, session_id: str, seq: int, is_delta: bool) -> None:
         self.text = text
         self.session_id = session_id
         self.seq = seq
-        self.delta = delta
-        self.turn_id = turn_id
+        self.is_delta = is_delta
 
 
 # A queued item is a session Frame or, for frames bound to no session
@@ -121,24 +118,29 @@ def coalesce(outbox: deque[Queued]) -> int:
     A run ends at any other frame of that session, so per-session order is
     kept. The merged frame carries the seq of the last delta it absorbs (a
     client resuming from it misses nothing). Returns how many frames went.
+    Runs only when an outbox overflows, so it decodes the frames it merges
+    rather than keeping their parts for every frame.
     """
     result: list[Queued] = []
-    runs: dict[str, list[Frame]] = {}
-    heads: dict[int, list[Frame]] = {}
+    runs: dict[str, list[TextDelta]] = {}
+    heads: dict[int, list[TextDelta]] = {}
     for item in outbox:
         if type(item) is str:
             result.append(item)
             continue
         frame: Frame = item  # type: ignore[assignment]
-        run = runs.get(frame.session_id)
-        if frame.delta is None:
+        if not frame.is_delta:
             runs.pop(frame.session_id, None)
-        elif run is not None and run[0].turn_id == frame.turn_id:
-            run.append(frame)
+            result.append(frame)
             continue
-        else:
-            run = runs[frame.session_id] = [frame]
-            heads[len(result)] = run
+        delta = decode_server(frame.text)
+        assert isinstance(delta, TextDelta)
+        run = runs.get(frame.session_id)
+        if run is not None and run[0].turn_id == delta.turn_id:
+            run.append(delta)
+            continue
+        run = runs[frame.session_id] = [delta]
+        heads[len(result)] = run
         result.append(frame)
     merged = 0
     for index, run in heads.items():
@@ -151,8 +153,8 @@ def coalesce(outbox: deque[Queued]) -> int:
     return merged
 
 
-def _merge(run: list[Frame]) -> Frame:
+def _merge(run: list[TextDelta]) -> Frame:
     first, last = run[0], run[-1]
-    delta = "".join(frame.delta or "" for frame in run)
-    event = TextDelta(first.session_id, delta, first.turn_id, last.seq)
-    return Frame(encode(event), first.session_id, last.seq, delta, first.turn_id)
+    assert last.seq is not None
+    event = TextDelta(first.session_id, "".join(d.delta for d in run), first.turn_id, last.seq)
+    return Frame(encode(event), first.session_id, last.seq, True)

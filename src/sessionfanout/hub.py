@@ -24,10 +24,12 @@ import attrs
 
 from .agent import PermissionDecision
 from .batcher import Batch, DeltaBatcher
+from .broker import Broker, BrokerContext, LocalBroker
 from .codec import decode_client, encode
 from .config import HubConfig, SlowConsumerPolicy
 from .connection import Connection, Frame, Queued, Sink, coalesce, text_of
 from .errors import (
+    BrokerUnavailable,
     HubClosed,
     InvalidArgument,
     ProtocolError,
@@ -108,6 +110,12 @@ class HubStatistics:
     closed_broken: int
     client_errors: int
     unknown_agent_events: int
+    lost_batches: int
+    """Delta batches the backplane could not take (it was unavailable)."""
+    resyncs: int
+    """Times subscribers were told to reload a session after lost events."""
+    broker: dict[str, int]
+    """The backplane's own counters."""
     outboxes: tuple[ConnectionStatistics, ...]
 
 
@@ -136,10 +144,15 @@ class Hub:
     """
 
     def __init__(
-        self, config: HubConfig | None = None, *, transformer: EventTransformer | None = None
+        self,
+        config: HubConfig | None = None,
+        *,
+        transformer: EventTransformer | None = None,
+        broker: Broker | None = None,
     ) -> None:
         self.config = config = config or HubConfig()
         self.transformer = transformer or EventTransformer()
+        self.broker: Broker = broker or LocalBroker()
         self._registry: SubscriptionRegistry[Connection] = SubscriptionRegistry()
         self._batcher = DeltaBatcher(config.batch_interval, config.max_batch_chars)
         self._history = History(
@@ -166,6 +179,8 @@ class Hub:
                 "closed_slow",
                 "closed_broken",
                 "client_errors",
+                "lost_batches",
+                "resyncs",
             ),
             0,
         )
@@ -177,6 +192,13 @@ class Hub:
             raise HubClosed("a Hub can be entered only once")
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        try:
+            await self.broker.start(BrokerContext(self, self._history, self._permissions, self._tg))
+        except BaseException:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            self._tg = None
+            raise
         self._running = True
         self._tg.start_soon(self._scheduler, name="sessionfanout scheduler")
         return self
@@ -206,6 +228,7 @@ class Hub:
             self._running = False
             self._end_permissions()
             self._flush_all_deltas()
+            await self.broker.flush()
             self._drained = anyio.Event()
             for connection in list(self._registry.sinks()):
                 connection.closing = True
@@ -219,6 +242,7 @@ class Hub:
             async with anyio.create_task_group() as tg:
                 for connection in stragglers:
                     tg.start_soon(self._close_sink, connection.sink, CLOSE_GOING_AWAY, SHUTDOWN)
+            await self.broker.aclose()
         self._closed.set()
 
     @property
@@ -286,7 +310,7 @@ class Hub:
             elif type(message) is Unsubscribe:
                 self._unsubscribe(connection, message.session_id)
             elif type(message) is PermissionResponse:
-                self._answer_permission(connection, message)
+                await self._answer_permission(connection, message)
             else:
                 assert isinstance(message, CustomFrame)
                 await self._custom[message.type](connection, message)
@@ -311,8 +335,14 @@ class Hub:
             raise ProtocolError(
                 "forbidden", f"not allowed to subscribe to {session_id!r}", "subscribe"
             )
+        if not self._registry.is_subscribed(connection, session_id):
+            await self.broker.watch(session_id)
+            if not self._registry.is_connected(connection) or self._registry.is_subscribed(
+                connection, session_id
+            ):
+                self.broker.unwatch(session_id)  # went away, or subscribed meanwhile
         if not self._registry.is_connected(connection):
-            return  # went away while the hook ran
+            return
         # No await from here on: the replay and live events cannot interleave.
         state = self._history.state(session_id, anyio.current_time())
         replay = None
@@ -337,8 +367,10 @@ class Hub:
         return verdict is True
 
     def _unsubscribe(self, connection: Connection, session_id: str) -> None:
-        if self._registry.unsubscribe(connection, session_id):
-            self._history.release(session_id)
+        if self._registry.is_subscribed(connection, session_id):
+            if self._registry.unsubscribe(connection, session_id):
+                self._history.release(session_id)
+            self.broker.unwatch(session_id)
         self._reply(connection, Unsubscribed(session_id))
 
     # -- producer side -----------------------------------------------------
@@ -352,16 +384,16 @@ class Hub:
                 f"event for session {getattr(event, 'session_id', None)!r}"
                 f" passed for session {session_id!r}"
             )
-        self._publish_in_order(event)
+        await self._publish_in_order(event)
 
     async def broadcast_global(self, event: GlobalEvent) -> None:
         """Send an event to every connected client exactly once, subscribed or not."""
         self._check_running()
         if not isinstance(event, ConfigChanged):
             raise InvalidArgument(f"not a global event: {event!r:.80}")
-        text = encode(event)
-        for connection in tuple(self._registry.sinks()):
-            self._enqueue(connection, text)
+        ack = self.broker.publish_global(encode(event))
+        if ack is not None:
+            await ack
 
     async def queue_delta(self, session_id: str, text: str, turn_id: str | None = None) -> None:
         """Queue streamed text; it goes out coalesced within ``batch_interval``."""
@@ -369,6 +401,8 @@ class Hub:
         _check_session_id(session_id)
         if not isinstance(text, str):
             raise InvalidArgument(f"delta text must be a string, got {type(text).__name__}")
+        if not self.broker.available:
+            raise BrokerUnavailable("the backplane is unavailable; the delta was not accepted")
         now = anyio.current_time()
         for batch in self._batcher.add(session_id, text, turn_id, now):
             self._publish_batch(batch)
@@ -406,8 +440,10 @@ class Hub:
         if pending.deadline < self._wake_at:
             self._wake_scheduler()
         try:
+            ttl = pending.deadline - anyio.current_time()
+            await self.broker.open_permission(pending.request_id, session_id, ttl)
             info = PermissionRequestInfo(pending.request_id, tool_name, command, description)
-            self._publish_in_order(PermissionRequest(session_id, info))
+            await self._publish_in_order(PermissionRequest(session_id, info))
             await waiter.event.wait()
         finally:
             del self._waiters[pending.request_id]
@@ -439,10 +475,11 @@ class Hub:
                 for event in self.transformer.transform(session_id, agent_event):
                     decision = await self._publish_agent_output(session_id, event) or decision
         except anyio.get_cancelled_exc_class():
-            self._end_run(session_id, ABORTED)
+            with anyio.CancelScope(shield=True):
+                await self._end_run(session_id, ABORTED)
             raise
         except Exception as exc:
-            self._end_run(session_id, str(exc) or type(exc).__name__)
+            await self._end_run(session_id, str(exc) or type(exc).__name__)
             raise
         finally:
             aclose = getattr(iterator, "aclose", None)
@@ -468,36 +505,74 @@ class Hub:
         await self.broadcast_to_session(session_id, event)
         return None
 
-    def _end_run(self, session_id: str, message: str) -> None:
-        if self._running:
-            self._publish_in_order(Error(session_id, message))
-            self._publish_in_order(Complete(session_id))
+    async def _end_run(self, session_id: str, message: str) -> None:
         self.transformer.forget(session_id)
+        if self._running:
+            try:
+                await self._publish_in_order(Error(session_id, message))
+                await self._publish_in_order(Complete(session_id))
+            except (HubClosed, BrokerUnavailable) as exc:
+                logger.warning("could not report the end of %s's run: %s", session_id, exc)
 
     # -- publishing --------------------------------------------------------
 
-    def _publish_in_order(self, event: SessionEvent) -> None:
-        """The ordering barrier: a session's pending deltas go before any other event of it."""
+    async def _publish_in_order(self, event: SessionEvent) -> None:
+        """The ordering barrier: a session's pending deltas go before any other event of it.
+
+        Both are handed to the broker before the first await, so they are
+        sequenced in this order whatever else runs meanwhile.
+        """
         batch = self._batcher.flush(event.session_id)
         if batch is not None:
             self._publish_batch(batch)
-        self._publish(event.session_id, encode(event), None, None)
+        ack = self.broker.publish(event.session_id, encode(event), False)
+        if ack is not None:
+            await ack
 
     def _publish_batch(self, batch: Batch) -> None:
         self._counters["batches"] += 1
         event = TextDelta(batch.session_id, batch.text, batch.turn_id)
-        self._publish(batch.session_id, encode(event), batch.text, batch.turn_id)
-
-    def _publish(self, session_id: str, body: str, delta: str | None, turn_id: str | None) -> None:
-        seq, text = self._history.append(session_id, body, anyio.current_time())
-        frame = Frame(text, session_id, seq, delta, turn_id)
-        # A copy: the overflow policy may drop a connection mid-loop.
-        for connection in tuple(self._registry.sinks_of(session_id)):
-            self._enqueue(connection, frame)
+        try:
+            # Nobody waits for a batch; a backplane that fails it logs and counts it.
+            self.broker.publish(batch.session_id, encode(event), True)
+        except BrokerUnavailable as exc:
+            self._counters["lost_batches"] += 1
+            logger.warning("delta batch for %s not published: %s", batch.session_id, exc)
 
     def _flush_all_deltas(self) -> None:
         for batch in self._batcher.flush_all():
             self._publish_batch(batch)
+
+    # -- receiving from the broker ------------------------------------------
+
+    def deliver(self, session_id: str, seq: int, text: str, is_delta: bool) -> None:
+        """Receiver: enqueue a numbered session event for the session's subscribers."""
+        frame = Frame(text, session_id, seq, is_delta)
+        # A copy: the overflow policy may drop a connection mid-loop.
+        for connection in tuple(self._registry.sinks_of(session_id)):
+            self._enqueue(connection, frame)
+
+    def deliver_global(self, text: str) -> None:
+        """Receiver: enqueue a global event for every connection."""
+        for connection in tuple(self._registry.sinks()):
+            self._enqueue(connection, text)
+
+    def resync(self, session_id: str) -> None:
+        """Receiver: events were lost; ``subscribed`` with ``resumed: false`` tells
+        each subscriber to reload the session and carry on from the new seq."""
+        self._counters["resyncs"] += 1
+        state = self._history.state(session_id, anyio.current_time())
+        text = encode(Subscribed(session_id, state.seq, state.epoch, False))
+        for connection in tuple(self._registry.sinks_of(session_id)):
+            self._enqueue(connection, text)
+
+    def decided(self, request_id: str, decision: PermissionDecision) -> None:
+        """Receiver: a permission request was decided."""
+        self._permissions.resolve(request_id)
+        waiter = self._waiters.get(request_id)
+        if waiter is not None and waiter.decision is None:
+            waiter.decision = decision
+            waiter.event.set()
 
     # -- delivery ----------------------------------------------------------
 
@@ -583,8 +658,11 @@ class Hub:
         """Remove every trace of the connection; False if it was already gone."""
         if not self._registry.is_connected(connection):
             return False
+        sessions = list(self._registry.sessions_of(connection))
         for session_id in self._registry.drop(connection):
             self._history.release(session_id)
+        for session_id in sessions:
+            self.broker.unwatch(session_id)
         self._counters["dropped"] += connection.discard_outbox()
         self._counters["frames_sent"] += connection.frames_sent
         self._counters["bytes_sent"] += connection.bytes_sent
@@ -602,7 +680,7 @@ class Hub:
         """The one task that drives every deadline of the hub."""
         while True:
             now = anyio.current_time()
-            self._run_due(now)
+            await self._run_due(now)
             deadlines = (
                 self._batcher.next_deadline(),
                 self._permissions.next_deadline(),
@@ -618,43 +696,42 @@ class Hub:
         if self._wakeup is not None:
             self._wakeup.set()
 
-    def _run_due(self, now: float) -> None:
+    async def _run_due(self, now: float) -> None:
         for batch in self._batcher.due(now):
             self._publish_batch(batch)
         for pending in self._permissions.expired(now):
-            self._decide(
-                pending.request_id, PermissionDecision(pending.request_id, False, False, True)
-            )
-            self._publish_in_order(PermissionTimeout(pending.session_id, pending.request_id))
+            if not self._running:
+                break
+            try:
+                if not await self.broker.expire_permission(pending.request_id):
+                    continue  # answered elsewhere just in time; the decision is on its way
+                denial = PermissionDecision(pending.request_id, allowed=False, timed_out=True)
+                self.decided(pending.request_id, denial)
+                await self._publish_in_order(
+                    PermissionTimeout(pending.session_id, pending.request_id)
+                )
+            except BrokerUnavailable as exc:
+                logger.warning("permission %s timed out unannounced: %s", pending.request_id, exc)
         for session_id in self._history.evict_idle(now, self._registry.has_subscribers):
             logger.debug("forgot idle session %s", session_id)
 
     # -- permissions -------------------------------------------------------
 
-    def _answer_permission(self, connection: Connection, message: PermissionResponse) -> None:
-        pending = self._permissions.answer(
-            message.request_id, self._registry.sessions_of(connection)
+    async def _answer_permission(self, connection: Connection, message: PermissionResponse) -> None:
+        decision = PermissionDecision(
+            message.request_id, message.allowed, bool(message.always_allow)
         )
-        if pending is None:
+        subscribed = self._registry.sessions_of(connection)
+        if not await self.broker.answer_permission(message.request_id, decision, subscribed):
             raise ProtocolError(
                 "unknown_request",
                 f"no pending permission request {message.request_id!r:.80} for this connection",
                 PermissionResponse.TYPE,
             )
-        self._decide(
-            pending.request_id,
-            PermissionDecision(pending.request_id, message.allowed, bool(message.always_allow)),
-        )
-
-    def _decide(self, request_id: str, decision: PermissionDecision) -> None:
-        waiter = self._waiters.get(request_id)
-        if waiter is not None and waiter.decision is None:
-            waiter.decision = decision
-            waiter.event.set()
 
     def _end_permissions(self) -> None:
         for pending in self._permissions.close_all():
-            self._decide(pending.request_id, PermissionDecision(pending.request_id, False))
+            self.decided(pending.request_id, PermissionDecision(pending.request_id, False))
 
     # -- introspection -----------------------------------------------------
 
@@ -680,5 +757,8 @@ class Hub:
             closed_broken=counters["closed_broken"],
             client_errors=counters["client_errors"],
             unknown_agent_events=self.transformer.unknown_events,
+            lost_batches=counters["lost_batches"],
+            resyncs=counters["resyncs"],
+            broker=dict(self.broker.statistics()),
             outboxes=connections,
         )
