@@ -66,3 +66,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     args = [python(), "examples/asgi_app.py", "--host", "127.0.0.1", "--port", str(port)]
     with running([*args, "--log-level", "warning"], http_ready(base + "/"), log=log):
         yield base
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Any]:
+    """A fresh redis-server for one test (a missing server fails under CI=true)."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

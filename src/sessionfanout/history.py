@@ -10,6 +10,7 @@ being handed a partial replay.
 
 from __future__ import annotations
 
+import enum
 import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -20,11 +21,26 @@ import attrs
 from .codec import with_seq
 from .errors import InvalidArgument
 
-__all__ = ("History", "SessionState")
+__all__ = ("History", "Recorded", "SessionState")
 
 
 def new_epoch() -> str:
     return secrets.token_urlsafe(9)
+
+
+class Recorded(enum.Enum):
+    """What ``History.record`` made of a frame numbered elsewhere."""
+
+    NEXT = "next"
+    """The next frame: kept, to be delivered."""
+    DUPLICATE = "duplicate"
+    """Already had it: drop it."""
+    GAP = "gap"
+    """Frames are missing before it: fetch them first."""
+    OTHER_EPOCH = "other_epoch"
+    """The session's sequence started again: reload it."""
+    UNKNOWN = "unknown"
+    """Not a session this history follows."""
 
 
 @attrs.frozen
@@ -82,12 +98,51 @@ class History:
         log = self._touch(session_id, now)
         log.seq += 1
         text = with_seq(body, log.seq)
-        frames = log.frames
-        frames.append(text)
+        log.frames.append(text)
         log.chars += len(text)
+        self._trim(log)
+        return log.seq, text
+
+    def peek(self, session_id: str) -> SessionState | None:
+        """The session's epoch and last seq, if known (creates nothing)."""
+        log = self._logs.get(session_id)
+        return None if log is None else SessionState(log.epoch, log.seq)
+
+    def seed(
+        self, session_id: str, epoch: str, seq: int, frames: Sequence[str], now: float
+    ) -> None:
+        """Take the session's state from a backplane: ``frames`` end at ``seq``."""
+        log = self._touch(session_id, now)
+        log.epoch, log.seq = epoch, seq
+        log.frames = deque(frames)
+        log.chars = sum(map(len, frames))
+        self._trim(log)
+
+    def record(self, session_id: str, epoch: str, seq: int, text: str, now: float) -> Recorded:
+        """Keep a frame numbered elsewhere (by a backplane), if it is the next one."""
+        log = self._logs.get(session_id)
+        if log is None:
+            return Recorded.UNKNOWN
+        if epoch != log.epoch:
+            return Recorded.OTHER_EPOCH
+        if seq <= log.seq:
+            return Recorded.DUPLICATE
+        if seq > log.seq + 1:
+            return Recorded.GAP
+        self._touch(session_id, now)
+        log.seq = seq
+        log.frames.append(text)
+        log.chars += len(text)
+        self._trim(log)
+        return Recorded.NEXT
+
+    def forget(self, session_id: str) -> None:
+        self._logs.pop(session_id, None)
+
+    def _trim(self, log: _Log) -> None:
+        frames = log.frames
         while frames and (len(frames) > self.max_events or log.chars > self.max_bytes):
             log.chars -= len(frames.popleft())
-        return log.seq, text
 
     def replay(self, session_id: str, last_seq: int, epoch: str | None) -> Sequence[str] | None:
         """Every kept frame after ``last_seq``, or None when that cannot be complete.

@@ -1,0 +1,571 @@
+"""``RedisBroker``: several processes, one sequence and one history per session.
+
+    from sessionfanout.redis_broker import RedisBroker
+    async with Hub(config, broker=RedisBroker("redis://127.0.0.1:6379/0")) as hub: ...
+
+Needs the ``redis`` extra (redis-py's asyncio client, so the hub runs on
+asyncio). How it works:
+
+- Publishing runs a Lua script that, in one step, increments the session's
+  seq, appends the entry to its capped history list, refreshes the idle TTL
+  and publishes ``epoch|seq|entry`` on the session's channel. One task sends
+  every publication of this process in call order, pipelined.
+- This process subscribes (on a pub/sub connection of its own) to the
+  channels of the sessions it has local subscribers for, plus one channel for
+  global events and one for permission decisions. The first local
+  subscriber of a session loads its history from Redis, so resume works on
+  any process.
+- Each received event is checked against the last seq delivered for its
+  session: a duplicate is dropped; a gap is filled from the history in Redis
+  before going on; when the history no longer reaches back (or the session's
+  epoch changed, say Redis restarted empty), local subscribers get
+  ``subscribed`` with ``resumed: false``, the protocol's "reload" signal.
+- When Redis goes away, ``publish`` raises ``BrokerUnavailable`` at once; the
+  broker reconnects with backoff, subscribes again and catches every watched
+  session up as above, so no client sees a silent gap.
+- A permission request is a key holding its session id; an answer from any
+  process is checked and claimed by one script (first valid answer wins,
+  exactly once) and published to every process; the timeout claims it the
+  same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import secrets
+from collections import deque
+from collections.abc import Generator, Mapping, Set
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+from redis.retry import Retry
+
+from .agent import PermissionDecision
+from .broker import BrokerContext
+from .envelope import Envelope, ForgedEnvelope, Signer
+from .errors import BrokerUnavailable, InvalidArgument
+from .history import Recorded
+
+__all__ = ("RedisBroker",)
+
+logger = logging.getLogger("sessionfanout.redis")
+
+PUBLISH = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local entry = seq .. '|' .. ARGV[2]
+local n = redis.call('RPUSH', KEYS[2], entry)
+local bytes = redis.call('HINCRBY', KEYS[1], 'bytes', #entry)
+local max_events, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
+while n > 0 and (n > max_events or bytes > max_bytes) do
+  local old = redis.call('LPOP', KEYS[2])
+  bytes = redis.call('HINCRBY', KEYS[1], 'bytes', -#old)
+  n = n - 1
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('PUBLISH', ARGV[1], epoch .. '|' .. entry)
+return seq
+"""
+
+STATE = """
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+return {meta[1], meta[2] or '0', redis.call('LRANGE', KEYS[2], 0, -1)}
+"""
+
+ANSWER = """
+local session = redis.call('GET', KEYS[1])
+if not session then return 0 end
+for i = 3, #ARGV do
+  if ARGV[i] == session then
+    redis.call('DEL', KEYS[1])
+    redis.call('PUBLISH', ARGV[1], ARGV[2])
+    return 1
+  end
+end
+return 0
+"""
+
+CONNECTION_ERRORS = (RedisError, OSError, TimeoutError)
+PIPELINE_MAX = 512
+
+
+@attrs.define
+class _Outgoing:
+    """One publication waiting for its turn on the wire."""
+
+    command: tuple[Any, ...]
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    error: BaseException | None = None
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.done.set()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        # Awaitable without a coroutine object, so not awaiting it is fine.
+        return self._wait().__await__()
+
+    async def _wait(self) -> None:
+        await self.done.wait()
+        if self.error is not None:
+            raise BrokerUnavailable(f"publish failed: {self.error}") from self.error
+
+
+class RedisBroker:
+    """The Redis backplane; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "sessionfanout",
+        secret: str | bytes | None = None,
+        reconnect_max_delay: float = 5.0,
+        client_name: str | None = None,
+    ) -> None:
+        """``secret`` turns on signing (every process needs the same one);
+        ``client_name`` names this process's connections in Redis's CLIENT LIST."""
+        if not prefix or "|" in prefix:
+            raise InvalidArgument("prefix must be a non-empty string without '|'")
+        self.url = url
+        self.prefix = prefix
+        self.reconnect_max_delay = reconnect_max_delay
+        self.client_name = client_name
+        self._signer = Signer(secret)
+        self._context: BrokerContext | None = None
+        self._commands: aioredis.Redis | None = None
+        self._subscriber: aioredis.Redis | None = None
+        self._pubsub: PubSub | None = None
+        self._available = False
+        self._outgoing: deque[_Outgoing] = deque()
+        self._wake_publisher = anyio.Event()
+        self._watching: dict[str, int] = {}
+        self._seeding: dict[str, anyio.Event] = {}
+        self._confirmed: dict[str, anyio.Event] = {}
+        self._connected = anyio.Event()
+        self._scope = anyio.CancelScope()
+        self._connection_scope = anyio.CancelScope()
+        self._counters = dict.fromkeys(
+            ("published", "received", "forged", "gaps_filled", "resyncs", "reconnects", "failed"),
+            0,
+        )
+
+    # -- names ----------------------------------------------------------------
+
+    def _key(self, session_id: str, part: str) -> str:
+        return f"{self.prefix}:s:{part}:{session_id}"
+
+    def _channel(self, session_id: str) -> str:
+        return f"{self.prefix}:ev:{session_id}"
+
+    @property
+    def _global_channel(self) -> str:
+        return f"{self.prefix}:global"
+
+    @property
+    def _permission_channel(self) -> str:
+        return f"{self.prefix}:permission"
+
+    # -- lifecycle ------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    async def start(self, context: BrokerContext) -> None:
+        self._context = context
+        # No silent retries: a lost connection must be seen, to catch up after it.
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "retry": Retry(NoBackoff(), 0),
+            "client_name": self.client_name,
+        }
+        self._commands = aioredis.Redis.from_url(self.url, **options)
+        self._subscriber = aioredis.Redis.from_url(self.url, **options)
+        self._scripts = {
+            name: self._commands.register_script(source)
+            for name, source in (("publish", PUBLISH), ("state", STATE), ("answer", ANSWER))
+        }
+        try:
+            await self._load_scripts()
+        except CONNECTION_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
+        context.task_group.start_soon(self._run, name="sessionfanout redis broker")
+        with anyio.fail_after(10):
+            await self._connected.wait()
+
+    async def _run(self) -> None:
+        with self._scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._publisher)
+                tg.start_soon(self._listener)
+
+    async def flush(self) -> None:
+        while self._outgoing and self._available:  # noqa: ASYNC110 - drained by the publisher
+            await anyio.sleep(0.001)
+
+    async def aclose(self) -> None:
+        self._available = False
+        self._scope.cancel()
+        self._fail_outgoing(BrokerUnavailable("the broker is closed"))
+        with anyio.CancelScope(shield=True):
+            for client in (self._commands, self._subscriber):
+                if client is not None:
+                    with contextlib.suppress(*CONNECTION_ERRORS):
+                        await client.aclose()
+
+    def statistics(self) -> Mapping[str, int]:
+        return {**self._counters, "watched_sessions": len(self._watching)}
+
+    def _ctx(self) -> BrokerContext:
+        assert self._context is not None, "RedisBroker used before start()"
+        return self._context
+
+    async def _load_scripts(self) -> None:
+        assert self._commands is not None
+        for script in self._scripts.values():
+            await self._commands.script_load(script.script)
+
+    # -- publishing -----------------------------------------------------------
+
+    def publish(self, session_id: str, body: str, is_delta: bool) -> _Outgoing:
+        context = self._ctx()
+        history = context.history
+        payload = self._signer.pack_event(session_id, body, is_delta)
+        ttl_ms = max(1, int(history.idle_ttl * 1000))
+        return self._enqueue(
+            (
+                "EVALSHA",
+                self._scripts["publish"].sha,
+                2,
+                self._key(session_id, "meta"),
+                self._key(session_id, "log"),
+                self._channel(session_id),
+                payload,
+                secrets.token_urlsafe(9),
+                history.max_events,
+                history.max_bytes,
+                ttl_ms,
+            )
+        )
+
+    def publish_global(self, text: str) -> _Outgoing:
+        message = self._signer.pack("global", text)
+        return self._enqueue(("PUBLISH", self._global_channel, message))
+
+    def _enqueue(self, command: tuple[Any, ...]) -> _Outgoing:
+        if not self._available:
+            raise BrokerUnavailable(f"Redis at {self.url} is unavailable")
+        outgoing = _Outgoing(command)
+        self._outgoing.append(outgoing)
+        self._wake_publisher.set()
+        return outgoing
+
+    def _fail_outgoing(self, error: BaseException) -> None:
+        while self._outgoing:
+            self._counters["failed"] += 1
+            self._outgoing.popleft().finish(error)
+
+    async def _publisher(self) -> None:
+        """Sends every publication in call order, as many per round trip as are waiting."""
+        assert self._commands is not None
+        while True:
+            if not self._outgoing:
+                self._wake_publisher = anyio.Event()
+                await self._wake_publisher.wait()
+                continue
+            count = min(PIPELINE_MAX, len(self._outgoing))
+            batch = [self._outgoing.popleft() for _ in range(count)]
+            try:
+                await self._send(batch)
+            except CONNECTION_ERRORS as exc:
+                logger.warning("publishing to Redis failed: %s", exc)
+                for outgoing in batch:
+                    outgoing.finish(exc)
+                self._counters["failed"] += len(batch)
+                self._lost_connection()
+
+    async def _send(self, batch: list[_Outgoing]) -> None:
+        assert self._commands is not None
+        while batch:
+            async with self._commands.pipeline(transaction=False) as pipe:
+                for outgoing in batch:
+                    pipe.execute_command(*outgoing.command)
+                results = await pipe.execute(raise_on_error=False)
+            retry: list[_Outgoing] = []
+            for outgoing, result in zip(batch, results, strict=True):
+                if isinstance(result, NoScriptError):
+                    retry.append(outgoing)  # not run: Redis restarted and lost the script
+                elif isinstance(result, Exception):
+                    self._counters["failed"] += 1
+                    outgoing.finish(result)
+                else:
+                    self._counters["published"] += 1
+                    outgoing.finish()
+            if retry:
+                await self._load_scripts()
+            batch = retry
+
+    def _lost_connection(self) -> None:
+        if self._available:
+            logger.warning("lost Redis at %s; reconnecting", self.url)
+        self._available = False
+        self._fail_outgoing(BrokerUnavailable("Redis connection lost"))
+        self._connection_scope.cancel()  # the listener reconnects and catches up
+
+    # -- receiving -------------------------------------------------------------
+
+    async def _listener(self) -> None:
+        """Owns the pub/sub connection: (re)subscribes, catches up, dispatches."""
+        delay = 0.05
+        while True:
+            with anyio.CancelScope() as self._connection_scope:
+                try:
+                    await self._listen()
+                except CONNECTION_ERRORS as exc:
+                    logger.info("Redis pub/sub unavailable (%s); retrying in %.2fs", exc, delay)
+                else:
+                    delay = 0.05
+            self._available = False
+            self._fail_outgoing(BrokerUnavailable("Redis connection lost"))
+            await anyio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.reconnect_max_delay)
+
+    async def _listen(self) -> None:
+        assert self._subscriber is not None
+        pubsub = self._subscriber.pubsub()
+        try:
+            self._pubsub = pubsub
+            self._confirmed = {}
+            channels = [self._global_channel, self._permission_channel]
+            channels += [self._channel(s) for s in self._watching]
+            await pubsub.subscribe(*channels)
+            await self._read_until_confirmed(pubsub, set(channels))
+            await self._load_scripts()
+            await self._catch_up_all()
+            if self._connected.is_set():
+                self._counters["reconnects"] += 1
+            self._available = True
+            self._connected.set()
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is not None:
+                    await self._dispatch(message)
+        finally:
+            self._pubsub = None
+            with anyio.CancelScope(shield=True), contextlib.suppress(*CONNECTION_ERRORS):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+
+    async def _read_until_confirmed(self, pubsub: PubSub, channels: set[str]) -> None:
+        while channels:
+            message = await pubsub.get_message(timeout=None)
+            if message is None:
+                continue
+            if message["type"] == "subscribe":
+                channels.discard(message["channel"])
+            else:
+                await self._dispatch(message)
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        kind, channel = message["type"], message["channel"]
+        if kind == "subscribe":
+            confirmed = self._confirmed.get(channel)
+            if confirmed is not None:
+                confirmed.set()
+            return
+        if kind != "message":
+            return
+        data: str = message["data"]
+        self._counters["received"] += 1
+        try:
+            if channel == self._global_channel:
+                self._ctx().receiver.deliver_global(self._signer.unpack("global", data))
+            elif channel == self._permission_channel:
+                self._on_decision(self._signer.unpack("permission", data))
+            else:
+                session_id = channel[len(self._channel("")) :]
+                seeding = self._seeding.get(session_id)
+                if seeding is not None:
+                    await seeding.wait()
+                await self._on_event(session_id, self._signer.unpack_message(session_id, data))
+        except ForgedEnvelope as exc:
+            self._counters["forged"] += 1
+            logger.warning("dropped a forged or malformed message on %s: %s", channel, exc)
+
+    async def _on_event(self, session_id: str, envelope: Envelope) -> None:
+        context = self._ctx()
+        verdict = context.history.record(
+            session_id, envelope.epoch, envelope.seq, envelope.text, anyio.current_time()
+        )
+        if verdict is Recorded.NEXT:
+            context.receiver.deliver(session_id, envelope.seq, envelope.text, envelope.is_delta)
+        elif verdict in (Recorded.GAP, Recorded.OTHER_EPOCH):
+            await self._catch_up(session_id)
+
+    def _on_decision(self, body: str) -> None:
+        data = json.loads(body)
+        decision = PermissionDecision(data["r"], bool(data["a"]), bool(data["w"]))
+        self._ctx().receiver.decided(decision.request_id, decision)
+
+    # -- catching up -----------------------------------------------------------
+
+    async def _fetch(self, session_id: str) -> tuple[str, int, list[str]]:
+        assert self._commands is not None
+        history = self._ctx().history
+        epoch, seq, entries = await self._commands.evalsha(
+            self._scripts["state"].sha,
+            2,
+            self._key(session_id, "meta"),
+            self._key(session_id, "log"),
+            secrets.token_urlsafe(9),
+            max(1, int(history.idle_ttl * 1000)),
+        )
+        return str(epoch), int(seq), list(entries)
+
+    def _verified(self, session_id: str, epoch: str, entries: list[str]) -> list[Envelope]:
+        envelopes = []
+        for entry in entries:
+            try:
+                envelopes.append(self._signer.unpack_entry(session_id, epoch, entry))
+            except ForgedEnvelope as exc:
+                self._counters["forged"] += 1
+                logger.warning("dropped a forged history entry of %s: %s", session_id, exc)
+        return envelopes
+
+    async def _seed(self, session_id: str) -> None:
+        epoch, seq, entries = await self._fetch(session_id)
+        frames = [e.text for e in self._verified(session_id, epoch, entries) if e.seq <= seq]
+        self._ctx().history.seed(session_id, epoch, seq, frames, anyio.current_time())
+
+    async def _catch_up(self, session_id: str) -> None:
+        """Deliver what this process missed of the session, or tell its clients to reload."""
+        context = self._ctx()
+        known = context.history.peek(session_id)
+        epoch, seq, entries = await self._fetch(session_id)
+        if known is not None and known.epoch == epoch and known.seq >= seq:
+            return
+        envelopes = self._verified(session_id, epoch, entries)
+        first = envelopes[0].seq if envelopes else seq + 1
+        if known is not None and known.epoch == epoch and first <= known.seq + 1:
+            now = anyio.current_time()
+            for envelope in envelopes:
+                verdict = context.history.record(
+                    session_id, epoch, envelope.seq, envelope.text, now
+                )
+                if verdict is Recorded.NEXT:
+                    context.receiver.deliver(
+                        session_id, envelope.seq, envelope.text, envelope.is_delta
+                    )
+            self._counters["gaps_filled"] += 1
+            return
+        context.history.seed(
+            session_id, epoch, seq, [e.text for e in envelopes], anyio.current_time()
+        )
+        if known is not None:
+            self._counters["resyncs"] += 1
+            context.receiver.resync(session_id)
+
+    async def _catch_up_all(self) -> None:
+        for session_id in list(self._watching):
+            await self._catch_up(session_id)
+
+    # -- watching ---------------------------------------------------------------
+
+    async def watch(self, session_id: str) -> None:
+        count = self._watching.get(session_id, 0)
+        self._watching[session_id] = count + 1
+        if count or not self._available or self._pubsub is None:
+            return  # already watched, or the listener subscribes it when Redis is back
+        seeding = self._seeding[session_id] = anyio.Event()
+        channel = self._channel(session_id)
+        try:
+            confirmed = self._confirmed[channel] = anyio.Event()
+            await self._pubsub.subscribe(channel)
+            with anyio.fail_after(10):
+                await confirmed.wait()
+            await self._seed(session_id)
+        except BaseException:
+            self.unwatch(session_id)
+            raise
+        finally:
+            del self._seeding[session_id]
+            seeding.set()
+
+    def unwatch(self, session_id: str) -> None:
+        count = self._watching.get(session_id, 0)
+        if count > 1:
+            self._watching[session_id] = count - 1
+            return
+        self._watching.pop(session_id, None)
+        self._ctx().history.forget(session_id)
+        self._ctx().task_group.start_soon(self._unsubscribe, session_id)
+
+    async def _unsubscribe(self, session_id: str) -> None:
+        pubsub = self._pubsub
+        if session_id in self._watching or pubsub is None:
+            return
+        # On failure, nothing to undo: a new connection subscribes only to what is watched.
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await pubsub.unsubscribe(self._channel(session_id))
+
+    # -- permissions ---------------------------------------------------------------
+
+    def _permission_key(self, request_id: str) -> str:
+        return f"{self.prefix}:perm:{request_id}"
+
+    async def open_permission(self, request_id: str, session_id: str, ttl: float) -> None:
+        assert self._commands is not None
+        try:
+            # A little longer than the deadline: the timeout claims it with DEL.
+            await self._commands.set(
+                self._permission_key(request_id), session_id, px=int(ttl * 1000) + 60_000
+            )
+        except CONNECTION_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot open the permission request: {exc}") from exc
+
+    async def answer_permission(
+        self, request_id: str, decision: PermissionDecision, subscribed: Set[str]
+    ) -> bool:
+        assert self._commands is not None
+        if not subscribed:
+            return False
+        body = json.dumps(
+            {"r": request_id, "a": decision.allowed, "w": decision.always_allow},
+            separators=(",", ":"),
+        )
+        try:
+            won = await self._commands.evalsha(
+                self._scripts["answer"].sha,
+                1,
+                self._permission_key(request_id),
+                self._permission_channel,
+                self._signer.pack("permission", body),
+                *subscribed,
+            )
+        except CONNECTION_ERRORS as exc:
+            logger.warning("could not answer permission %s: %s", request_id, exc)
+            return False
+        return bool(won)
+
+    async def expire_permission(self, request_id: str) -> bool:
+        assert self._commands is not None
+        try:
+            return bool(await self._commands.delete(self._permission_key(request_id)))
+        except CONNECTION_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot expire permission {request_id}: {exc}") from exc

@@ -1,0 +1,294 @@
+"""RedisBroker against a real redis-server: two hubs stand for two processes.
+
+asyncio only: redis-py's client runs on asyncio.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+import redis.asyncio as aioredis
+
+from sessionfanout import (
+    BrokerUnavailable,
+    Complete,
+    ConfigChanged,
+    Hub,
+    HubConfig,
+    PermissionDecision,
+    TextComplete,
+    ToolResult,
+)
+from sessionfanout.redis_broker import RedisBroker
+from tests.hubtools import RecordingSink, connect, subscribe, wait_for
+
+pytestmark = [pytest.mark.redis, pytest.mark.anyio]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def hub(server: Any, **broker: Any) -> Hub:
+    config = HubConfig(batch_interval=0.01, client_rate=None, close_timeout=1)
+    return Hub(config, broker=RedisBroker(server.url, **broker))
+
+
+def events(sink: RecordingSink, session_id: str) -> list[dict[str, Any]]:
+    return [f for f in sink.session_frames(session_id) if f["type"] != "subscribed"]
+
+
+def check_gap_free(frames: list[dict[str, Any]]) -> None:
+    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
+
+
+async def test_a_stream_published_on_one_process_reaches_the_other_in_order(
+    redis_server: Any,
+) -> None:
+    async with hub(redis_server) as a, hub(redis_server) as b:
+        conn_a, sink_a = await connect(a)
+        conn_b, sink_b = await connect(b)
+        await subscribe(a, conn_a, "s")
+        await subscribe(b, conn_b, "s")
+        words = [f"w{n} " for n in range(200)]
+        for word in words:
+            await b.queue_delta("s", word, "t1")
+            await anyio.sleep(0.0005)
+        await b.broadcast_to_session("s", TextComplete("s", "".join(words)))
+        await b.broadcast_to_session("s", Complete("s"))
+        for sink in (sink_a, sink_b):
+            await wait_for(lambda sink=sink: bool(sink.of_type("complete")))
+    for sink in (sink_a, sink_b):
+        frames = events(sink, "s")
+        check_gap_free(frames)
+        assert "".join(words) == "".join(f["delta"] for f in frames if f["type"] == "text_delta")
+        assert ["text_complete", "complete"] == [f["type"] for f in frames[-2:]]
+    assert sink_a.texts[-3:] == sink_b.texts[-3:], "the same frames, byte for byte"
+
+
+async def test_global_broadcast_reaches_clients_on_both_processes_exactly_once(
+    redis_server: Any,
+) -> None:
+    async with hub(redis_server) as a, hub(redis_server) as b:
+        sinks = []
+        for h in (a, a, b, b):
+            _, sink = await connect(h)
+            sinks.append(sink)
+        await a.broadcast_global(ConfigChanged("theme"))
+        await b.broadcast_global(ConfigChanged("config"))
+        await wait_for(lambda: all(len(s.of_type("config_changed")) == 2 for s in sinks))
+        await anyio.sleep(0.1)
+    for sink in sinks:
+        assert 2 == len(sink.of_type("config_changed"))
+
+
+async def test_a_permission_raised_on_one_process_is_answered_from_the_other(
+    redis_server: Any,
+) -> None:
+    decisions: list[PermissionDecision] = []
+
+    async def ask(h: Hub) -> None:
+        decisions.append(await h.request_permission("s", "bash", "ls", "list"))
+
+    async with hub(redis_server) as a, hub(redis_server) as b:
+        answerer, answerer_sink = await connect(a)
+        outsider, outsider_sink = await connect(a)
+        await subscribe(a, answerer, "s")
+        await subscribe(a, outsider, "elsewhere")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask, b)
+            await wait_for(lambda: bool(answerer_sink.of_type("permission_request")))
+            request_id = answerer_sink.of_type("permission_request")[0]["request"]["requestId"]
+            answer = {"type": "permission_response", "requestId": request_id}
+            await a.handle_message(outsider, json.dumps({**answer, "allowed": True}))
+            await wait_for(lambda: bool(outsider_sink.of_type("client_error")))
+            await a.handle_message(answerer, json.dumps({**answer, "allowed": True}))
+        await a.handle_message(answerer, json.dumps({**answer, "allowed": False}))
+        await wait_for(lambda: bool(answerer_sink.of_type("client_error")))
+    assert [PermissionDecision(request_id, allowed=True)] == decisions
+    assert "unknown_request" == outsider_sink.of_type("client_error")[0]["code"]
+    assert "unknown_request" == answerer_sink.of_type("client_error")[0]["code"], "decided once"
+
+
+async def test_a_permission_times_out_once_across_processes(redis_server: Any) -> None:
+    async with hub(redis_server) as a, hub(redis_server) as b:
+        watcher, sink = await connect(a)
+        await subscribe(a, watcher, "s")
+        decision = await b.request_permission("s", "bash", "ls", "list", deny_after=0.2)
+        await wait_for(lambda: bool(sink.of_type("permission_timeout")))
+        await a.handle_message(
+            watcher,
+            json.dumps({"type": "permission_response", "requestId": decision.request_id,
+                        "allowed": True}),
+        )  # fmt: skip
+        await wait_for(lambda: bool(sink.of_type("client_error")))
+    assert decision.timed_out
+    assert not decision.allowed
+
+
+async def test_resume_on_the_other_process_has_no_gap_or_duplicate(redis_server: Any) -> None:
+    async with hub(redis_server) as a, hub(redis_server) as b, hub(redis_server) as producer:
+        first, first_sink = await connect(a)
+        epoch = (await subscribe(a, first, "s"))["epoch"]
+        for n in range(30):
+            await producer.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", str(n)))
+        await wait_for(lambda: len(events(first_sink, "s")) == 30)
+        seen = events(first_sink, "s")[:12]
+        await a.disconnect(first)
+
+        async def keep_publishing() -> None:
+            for n in range(30, 80):
+                await producer.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", str(n)))
+                await anyio.lowlevel.checkpoint()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep_publishing)
+            second, second_sink = await connect(b)
+            reply = await subscribe(b, second, "s", lastSeq=12, epoch=epoch)
+        await wait_for(
+            lambda: events(second_sink, "s")[-1:] and events(second_sink, "s")[-1]["seq"] == 80
+        )
+    assert reply["resumed"] is True
+    check_gap_free(seen + events(second_sink, "s"))
+
+
+async def test_a_wrong_epoch_is_not_resumed_on_another_process(redis_server: Any) -> None:
+    async with hub(redis_server) as a, hub(redis_server) as b:
+        first, _ = await connect(a)
+        await subscribe(a, first, "s")
+        await a.broadcast_to_session("s", Complete("s"))
+        other, _ = await connect(b)
+        reply = await subscribe(b, other, "s", lastSeq=0, epoch="stale")
+    assert reply["resumed"] is False
+    assert 1 == reply["seq"]
+
+
+async def test_redis_killed_mid_stream_and_restarted(redis_server: Any) -> None:
+    """Nothing crashes; publishing fails clearly while Redis is gone; afterwards the
+    broker has reconnected, new events flow, and every client saw either a gap-free
+    stream or the resync signal."""
+    async with hub(redis_server) as a, hub(redis_server) as b:
+        clients = []
+        for h in (a, a, b):
+            connection, sink = await connect(h)
+            await subscribe(h, connection, "s")
+            clients.append(sink)
+        outcomes: list[str] = []
+        for n in range(20):
+            await b.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", "before"))
+        await wait_for(lambda: all(len(events(s, "s")) == 20 for s in clients))
+        redis_server.kill()
+        await wait_for(lambda: not b.broker.available)
+        with pytest.raises(BrokerUnavailable):
+            await b.broadcast_to_session("s", ToolResult("s", "x", "t", "during"))
+        with pytest.raises(BrokerUnavailable):
+            await b.queue_delta("s", "lost?")
+        redis_server.start()
+        await wait_for(lambda: a.broker.available and b.broker.available, seconds=20)
+        for n in range(5):
+            await b.broadcast_to_session("s", ToolResult("s", f"y{n}", "t", "after"))
+        await wait_for(lambda: all(events(s, "s")[-1]["result"] == "after" for s in clients))
+        for sink in clients:
+            frames = sink.frames
+            resyncs = [f for f in frames[1:] if f["type"] == "subscribed"][1:]
+            if resyncs:
+                outcomes.append("resync")
+                # Before the signal: gap-free; after it: gap-free from its seq.
+                cut = frames.index(resyncs[-1])
+                check_gap_free([f for f in frames[:cut] if f["type"] == "tool_result"])
+                after = [f for f in frames[cut:] if f["type"] == "tool_result"]
+                start = resyncs[-1]["seq"]
+                assert [f["seq"] for f in after] == list(range(start + 1, start + 1 + len(after)))
+            else:
+                outcomes.append("gap-free")
+                check_gap_free([f for f in frames if f["type"] == "tool_result"])
+        assert 3 == len(outcomes)
+        assert a.statistics().broker["reconnects"] >= 1
+
+
+async def test_a_forged_envelope_is_dropped_and_counted(redis_server: Any) -> None:
+    async with hub(redis_server, secret="s3cret", prefix="sf") as a:
+        connection, sink = await connect(a)
+        await subscribe(a, connection, "s")
+        client = aioredis.Redis.from_url(redis_server.url)
+        forged = "e1|1|" + "0" * 32 + '|e|{"type":"complete","sessionId":"s"}'
+        await client.publish("sf:ev:s", forged)
+        await client.publish(
+            "sf:global", "0" * 32 + '|{"type":"config_changed","changeType":"theme"}'
+        )
+        await wait_for(lambda: a.statistics().broker["forged"] == 2)
+        await a.broadcast_to_session("s", Complete("s"))
+        await wait_for(lambda: bool(sink.of_type("complete")))
+        await client.aclose()
+    assert [] == sink.of_type("config_changed")
+    assert [1] == [f["seq"] for f in sink.of_type("complete")], "only the signed one"
+
+
+async def test_signed_processes_interoperate(redis_server: Any) -> None:
+    async with hub(redis_server, secret=b"k") as a, hub(redis_server, secret=b"k") as b:
+        connection, sink = await connect(a)
+        await subscribe(a, connection, "s")
+        await b.broadcast_to_session("s", Complete("s"))
+        await wait_for(lambda: bool(sink.of_type("complete")))
+        assert 0 == a.statistics().broker["forged"]
+
+
+async def test_starting_without_redis_raises_broker_unavailable(tmp_path: Any) -> None:
+    from tests.servers import free_port
+
+    with pytest.raises(BrokerUnavailable):
+        async with Hub(broker=RedisBroker(f"redis://127.0.0.1:{free_port()}/0")):
+            pass
+
+
+async def test_sessions_are_watched_only_while_they_have_local_subscribers(
+    redis_server: Any,
+) -> None:
+    async with hub(redis_server) as a:
+        connection, _ = await connect(a)
+        await subscribe(a, connection, "s")
+        assert 1 == a.statistics().broker["watched_sessions"]
+        await a.handle_message(connection, '{"type":"unsubscribe","sessionId":"s"}')
+        await wait_for(lambda: a.statistics().broker["watched_sessions"] == 0)
+        client = aioredis.Redis.from_url(redis_server.url)
+        await wait_for(lambda: True)
+        channels = await client.pubsub_channels("sessionfanout:ev:*")
+        await client.aclose()
+    assert [] == channels
+
+
+async def test_a_dropped_subscription_is_caught_up_from_the_history_without_a_gap(
+    redis_server: Any,
+) -> None:
+    """Redis keeps its data but one process's pub/sub connection drops while
+    another publishes: it fills what it missed from the session's history;
+    its clients see no gap and no resync."""
+    config = HubConfig(client_rate=None, close_timeout=1)
+    a = Hub(config, broker=RedisBroker(redis_server.url, client_name="process-a"))
+    async with a, hub(redis_server) as b:
+        connection, sink = await connect(a)
+        await subscribe(a, connection, "s")
+        for n in range(10):
+            await b.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", str(n)))
+        admin = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        [victim] = [
+            c["id"]
+            for c in await admin.client_list()
+            if c["name"] == "process-a" and c["sub"] != "0"  # its pub/sub connection
+        ]
+        await admin.client_kill_filter(_id=victim)
+        for n in range(10, 60):  # while a reconnects
+            await b.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", str(n)))
+        await admin.aclose()
+        await wait_for(lambda: len(events(sink, "s")) == 60)
+        stats = a.statistics()
+    check_gap_free(events(sink, "s"))
+    assert [] == [f for f in sink.frames[2:] if f["type"] == "subscribed"], "no resync needed"
+    assert 1 == stats.broker["reconnects"]
+    assert 1 == stats.broker["gaps_filled"]
+    assert 0 == stats.resyncs
