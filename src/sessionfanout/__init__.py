@@ -2,6 +2,8 @@
 
 The sans-IO core (``registry``, ``batcher``, ``transformer``, ``history``,
 ``permissions``, ``codec``) takes time as an argument; only ``Hub`` does I/O.
+``RedisBroker`` (several processes) lives in ``sessionfanout.redis_broker``
+and needs the ``redis`` extra.
 """
 
 from .agent import (
@@ -20,8 +22,10 @@ from .broker import Broker, BrokerContext, LocalBroker, Receiver
 from .codec import DEFAULT_MAX_FRAME_BYTES, decode_client, decode_server, encode, with_seq
 from .config import AuthorizeHook, HubConfig, SlowConsumerPolicy
 from .connection import Connection, Sink
+from .envelope import Envelope, Signer
 from .errors import (
     BrokerUnavailable,
+    ForgedEnvelope,
     HubClosed,
     InvalidArgument,
     ProtocolError,
@@ -54,7 +58,7 @@ from .events import (
     Unsubscribe,
     Unsubscribed,
 )
-from .history import History, SessionState
+from .history import History, Recorded, SessionState
 from .hub import ConnectionStatistics, CustomFrameHandler, Hub, HubStatistics
 from .permissions import PendingPermission, PermissionBroker
 from .registry import SubscriptionRegistry
@@ -87,8 +91,10 @@ __all__ = (
     "CustomFrame",
     "CustomFrameHandler",
     "DeltaBatcher",
+    "Envelope",
     "Error",
     "EventTransformer",
+    "ForgedEnvelope",
     "GlobalEvent",
     "Handler",
     "History",
@@ -107,11 +113,13 @@ __all__ = (
     "PermissionTimeout",
     "ProtocolError",
     "Receiver",
+    "Recorded",
     "ServerEvent",
     "SessionEvent",
     "SessionFanoutError",
     "SessionMismatch",
     "SessionState",
+    "Signer",
     "Sink",
     "SlowConsumerPolicy",
     "Subscribe",

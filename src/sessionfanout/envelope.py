@@ -23,15 +23,11 @@ import hmac
 import attrs
 
 from .codec import with_seq
-from .errors import SessionFanoutError
+from .errors import ForgedEnvelope
 
-__all__ = ("Envelope", "ForgedEnvelope", "Signer")
+__all__ = ("Envelope", "Signer")
 
 UNSIGNED = "-"
-
-
-class ForgedEnvelope(SessionFanoutError):
-    """An envelope whose signature does not match (or that is malformed)."""
 
 
 @attrs.frozen

@@ -10,6 +10,7 @@ One root, so callers can catch the library as a whole::
      +-- UnknownAgentEvent        an agent event type with no handler, when the policy is "raise"
      +-- HubClosed                the hub is not running (never entered, or already left)
      +-- BrokerUnavailable        the backplane cannot be reached; the producer decides what to do
+     +-- ForgedEnvelope           a backplane message failed its signature check (dropped, counted)
 
 A peer's bad input is a value, not a crash: the hub turns a ``ProtocolError``
 into a ``client_error`` frame for that peer and never lets it escape.
@@ -21,6 +22,7 @@ from typing import Final
 
 __all__ = (
     "BrokerUnavailable",
+    "ForgedEnvelope",
     "HubClosed",
     "InvalidArgument",
     "ProtocolError",
@@ -86,3 +88,7 @@ class HubClosed(SessionFanoutError, RuntimeError):
 
 class BrokerUnavailable(SessionFanoutError, ConnectionError):
     """The backplane cannot be reached right now; it reconnects on its own."""
+
+
+class ForgedEnvelope(SessionFanoutError):
+    """A backplane message whose signature does not match, or that is malformed."""

@@ -51,8 +51,8 @@ from redis.retry import Retry
 
 from .agent import PermissionDecision
 from .broker import BrokerContext
-from .envelope import Envelope, ForgedEnvelope, Signer
-from .errors import BrokerUnavailable, InvalidArgument
+from .envelope import Envelope, Signer
+from .errors import BrokerUnavailable, ForgedEnvelope, InvalidArgument
 from .history import Recorded
 
 __all__ = ("RedisBroker",)
