@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -143,12 +144,20 @@ def authorize(connection: Connection, session_id: str) -> bool:
     return not session_id.startswith("private:")
 
 
-def create_app(config: HubConfig | None = None) -> Starlette:
+def create_app(
+    config: HubConfig | None = None, redis_url: str | None = None, secret: str | None = None
+) -> Starlette:
+    """The demo app; with ``redis_url``, on the Redis backplane (several processes)."""
     config = config or HubConfig(authorize=authorize)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with Hub(config) as hub, anyio.create_task_group() as agents:
+        broker = None
+        if redis_url is not None:
+            from sessionfanout.redis_broker import RedisBroker
+
+            broker = RedisBroker(redis_url, secret=secret)
+        async with Hub(config, broker=broker) as hub, anyio.create_task_group() as agents:
             app.state.hub = hub
             app.state.runner = AgentRunner(hub, agents)
             yield
@@ -192,12 +201,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--redis", metavar="URL", help="run on the Redis backplane, e.g. redis://127.0.0.1:6379/0"
+    )
+    parser.add_argument(
+        "--secret",
+        default=os.environ.get("SESSIONFANOUT_SECRET"),
+        help="sign backplane messages (default: $SESSIONFANOUT_SECRET)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     config = uvicorn.Config(
-        create_app(), host=args.host, port=args.port, log_level=args.log_level, lifespan="on"
+        create_app(redis_url=args.redis, secret=args.secret),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        lifespan="on",
     )
-    print(f"sessionfanout demo: open http://{args.host}:{args.port}/", flush=True)
+    backplane = f" on Redis at {args.redis}" if args.redis else ""
+    print(f"sessionfanout demo{backplane}: open http://{args.host}:{args.port}/", flush=True)
     Server(config).run()
 
 

@@ -1,0 +1,106 @@
+"""End to end: two uvicorn processes of the example app on one real Redis."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.servers import (
+    Client,
+    check_stream,
+    free_port,
+    http_ready,
+    python,
+    running,
+    session_frames,
+    ws_url,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
+
+@pytest.fixture
+def two_servers(redis_server: Any, tmp_path: Any) -> Iterator[tuple[str, str]]:
+    bases = []
+    with ExitStack() as stack:
+        for name in ("a", "b"):
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            args = [python(), "examples/asgi_app.py", "--port", str(port), "--log-level", "warning"]
+            args += ["--redis", redis_server.url, "--secret", "e2e-secret"]
+            stack.enter_context(running(args, http_ready(base + "/"), log=tmp_path / f"{name}.log"))
+            bases.append(base)
+        yield bases[0], bases[1]
+
+
+def unique(name: str) -> str:
+    return f"{name}-{base64.b32encode(os.urandom(5)).decode().lower()}"
+
+
+def post(base: str, path: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{base}{path}", json=body, timeout=10)
+
+
+def test_two_processes_share_streams_globals_permissions_and_resume(
+    two_servers: tuple[str, str],
+) -> None:
+    a, b = two_servers
+    session = unique("x")
+    on_a, also_a, on_b = Client(ws_url(a)), Client(ws_url(a)), Client(ws_url(b))
+    epoch = on_a.subscribe(session)["epoch"]
+    assert epoch == on_b.subscribe(session)["epoch"], "one epoch for the session everywhere"
+    also_a.subscribe(unique("other"))
+
+    # A stream produced on b reaches a client on a, numbered and whole.
+    message = "".join(f"<{n}>" for n in range(300))
+    knobs = {"message": message, "deltas": 100, "deltaIntervalMs": 2}
+    assert 202 == post(b, f"/api/sessions/{session}/messages", knobs).status_code
+    for client in (on_a, on_b):
+        client.recv_until(lambda f: f["type"] == "complete")
+        check_stream(session_frames(client.frames, session), message)
+
+    # A global broadcast on a reaches every client on both processes once.
+    assert 202 == post(a, "/api/config/changed", {"changeType": "theme"}).status_code
+    for client in (on_a, also_a, on_b):
+        got = client.recv_until(lambda f: f["type"] == "config_changed") + client.quiet_for(0.3)
+        assert 1 == len([f for f in got if f["type"] == "config_changed"])
+
+    # A permission raised by the agent on b is answered by the client on a.
+    post(b, f"/api/sessions/{session}/messages",
+         {"message": "may I?", "deltas": 2, "deltaIntervalMs": 1, "permission": True})  # fmt: skip
+    request = on_a.recv_until(lambda f: f["type"] == "permission_request")[-1]["request"]
+    on_a.send({"type": "permission_response", "requestId": request["requestId"], "allowed": True})
+    done = on_b.recv_until(lambda f: f["type"] == "complete")
+    [result] = [f for f in done if f["type"] == "tool_result"]
+    assert "allowed" == result["result"]
+    refused = on_b.expect_error(
+        {"type": "permission_response", "requestId": request["requestId"], "allowed": False}
+    )
+    assert "unknown_request" == refused["code"], "decided exactly once"
+
+    # The client on a drops; it resumes on b without a gap or a duplicate.
+    on_a.recv_until(lambda f: f["type"] == "complete")
+    seen = session_frames(on_a.frames, session)
+    on_a.close()
+    third = "".join(f"[{n}]" for n in range(100))
+    post(
+        a,
+        f"/api/sessions/{session}/messages",
+        {"message": third, "deltas": 40, "deltaIntervalMs": 3},
+    )
+    resumed = Client(ws_url(b))
+    reply = resumed.subscribe(session, lastSeq=seen[-1]["seq"], epoch=epoch)
+    assert reply["resumed"] is True
+    resumed.recv_until(lambda f: f["type"] == "complete" and f.get("seq", 0) > seen[-1]["seq"])
+    frames = seen + session_frames(resumed.frames, session)
+    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
+    last_run = [f for f in frames if f["seq"] > seen[-1]["seq"]]
+    assert third == "".join(f["delta"] for f in last_run if f["type"] == "text_delta")
+    for client in (also_a, on_b, resumed):
+        client.close()
