@@ -48,9 +48,11 @@ test-fast: $(STAMP)
 test-slow: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -m 'slow or browser'
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/core.py
-	@if [ -f benchmarks/fanout.py ]; then $(BIN)/python benchmarks/fanout.py; fi
+	$(BIN)/python benchmarks/fanout.py
+	$(BIN)/python benchmarks/redis.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
