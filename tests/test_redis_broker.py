@@ -292,3 +292,15 @@ async def test_a_dropped_subscription_is_caught_up_from_the_history_without_a_ga
     assert 1 == stats.broker["reconnects"]
     assert 1 == stats.broker["gaps_filled"]
     assert 0 == stats.resyncs
+
+
+async def test_leaving_the_hub_delivers_the_last_flushed_deltas_first(redis_server: Any) -> None:
+    """Shutdown flushes pending deltas through Redis and waits for them to come
+    back before closing the sinks."""
+    config = HubConfig(batch_interval=60, client_rate=None)
+    async with Hub(config, broker=RedisBroker(redis_server.url)) as only:
+        connection, sink = await connect(only)
+        await subscribe(only, connection, "s")
+        await only.queue_delta("s", "last words")
+    assert ["last words"] == [f["delta"] for f in sink.of_type("text_delta")]
+    assert (1001, "server shutting down") == sink.closed

@@ -161,6 +161,8 @@ class RedisBroker:
         self._connected = anyio.Event()
         self._scope = anyio.CancelScope()
         self._connection_scope = anyio.CancelScope()
+        self._process_id = secrets.token_urlsafe(9)
+        self._markers: dict[str, anyio.Event] = {}
         self._counters = dict.fromkeys(
             ("published", "received", "forged", "gaps_filled", "resyncs", "reconnects", "failed"),
             0,
@@ -181,6 +183,10 @@ class RedisBroker:
     @property
     def _permission_channel(self) -> str:
         return f"{self.prefix}:permission"
+
+    @property
+    def _control_channel(self) -> str:
+        return f"{self.prefix}:control:{self._process_id}"
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -217,8 +223,24 @@ class RedisBroker:
                 tg.start_soon(self._listener)
 
     async def flush(self) -> None:
-        while self._outgoing and self._available:  # noqa: ASYNC110 - drained by the publisher
-            await anyio.sleep(0.001)
+        """Wait until what this process published has come back to it.
+
+        A marker published after everything else on this process's own control
+        channel arrives after every earlier message (Redis keeps the order on
+        a connection), so once it is here, local subscribers have it all.
+        """
+        if not self._available:
+            return
+        marker = secrets.token_urlsafe(9)
+        arrived = self._markers[marker] = anyio.Event()
+        try:
+            await self._enqueue(("PUBLISH", self._control_channel, marker))
+            with anyio.move_on_after(5):
+                await arrived.wait()
+        except BrokerUnavailable:
+            pass
+        finally:
+            del self._markers[marker]
 
     async def aclose(self) -> None:
         self._available = False
@@ -353,7 +375,7 @@ class RedisBroker:
         try:
             self._pubsub = pubsub
             self._confirmed = {}
-            channels = [self._global_channel, self._permission_channel]
+            channels = [self._global_channel, self._permission_channel, self._control_channel]
             channels += [self._channel(s) for s in self._watching]
             await pubsub.subscribe(*channels)
             await self._read_until_confirmed(pubsub, set(channels))
@@ -394,7 +416,11 @@ class RedisBroker:
         data: str = message["data"]
         self._counters["received"] += 1
         try:
-            if channel == self._global_channel:
+            if channel == self._control_channel:
+                marker = self._markers.get(data)
+                if marker is not None:
+                    marker.set()
+            elif channel == self._global_channel:
                 self._ctx().receiver.deliver_global(self._signer.unpack("global", data))
             elif channel == self._permission_channel:
                 self._on_decision(self._signer.unpack("permission", data))
@@ -500,6 +526,9 @@ class RedisBroker:
             with anyio.fail_after(10):
                 await confirmed.wait()
             await self._seed(session_id)
+        except CONNECTION_ERRORS as exc:
+            # Still watched: the listener reconnects, subscribes and catches it up.
+            logger.info("watching %s is delayed: %s", session_id, exc)
         except BaseException:
             self.unwatch(session_id)
             raise
