@@ -7,11 +7,20 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from sessionfanout import Connection, Hub
 from tests.conftest import RecordingSink
 
-__all__ = ("BrokenSink", "RecordingSink", "StuckSink", "connect", "subscribe", "wait_for")
+__all__ = (
+    "BrokenSink",
+    "DirectSink",
+    "RecordingSink",
+    "StuckSink",
+    "connect",
+    "subscribe",
+    "wait_for",
+)
 
 
 class StuckSink(RecordingSink):
@@ -33,6 +42,28 @@ class BrokenSink(RecordingSink):
             raise ConnectionResetError("peer went away")
         self.ok -= 1
         await super().send(text)
+
+
+class DirectSink(RecordingSink):
+    """A sink that also takes frames directly while ``room`` says its buffer has room."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.room = True
+        self.direct = 0
+        self.queued = 0
+
+    def try_send(self, text: str) -> bool:
+        if not self.room:
+            return False
+        self.direct += 1
+        self.texts.append(text)
+        return True
+
+    async def send(self, text: str) -> None:
+        self.queued += 1
+        await anyio.lowlevel.checkpoint()  # a real transport yields while it writes
+        self.texts.append(text)
 
 
 async def wait_for(predicate: Callable[[], bool], seconds: float = 10.0) -> None:

@@ -6,7 +6,10 @@ import json
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sessionfanout import (
     Complete,
@@ -20,7 +23,15 @@ from sessionfanout import (
     ToolResult,
     ToolStart,
 )
-from tests.hubtools import BrokenSink, RecordingSink, StuckSink, connect, subscribe, wait_for
+from tests.hubtools import (
+    BrokenSink,
+    DirectSink,
+    RecordingSink,
+    StuckSink,
+    connect,
+    subscribe,
+    wait_for,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -263,3 +274,63 @@ async def test_cancelling_the_surrounding_scope_loses_nothing_accepted() -> None
         "text_delta",
     ] == [f["type"] for f in sink.of_type("text_delta", "text_complete")]
     assert sink.closed is not None
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(pattern=st.lists(st.sampled_from(["event", "full", "room", "yield"]), max_size=60))
+async def test_direct_writes_and_the_outbox_never_reorder(pattern: list[str]) -> None:
+    """A sink that sometimes takes frames directly and sometimes refuses
+    (backpressure) still gets every frame once, in order."""
+    async with Hub(HubConfig(client_rate=None)) as hub:
+        sink = DirectSink()
+        connection = await hub.connect(sink)
+        await hub.handle_message(connection, '{"type":"subscribe","sessionId":"s"}')
+        published = 0
+        for step in pattern:
+            if step == "event":
+                published += 1
+                await hub.broadcast_to_session("s", ToolResult("s", str(published), "t", "x"))
+            elif step == "full":
+                sink.room = False
+            elif step == "room":
+                sink.room = True
+            else:
+                await anyio.lowlevel.checkpoint()
+        await wait_for(lambda: len(sink.of_type("tool_result")) == published)
+    assert [str(n) for n in range(1, published + 1)] == [
+        f["toolUseId"] for f in sink.of_type("tool_result")
+    ]
+
+
+async def test_an_idle_direct_sink_is_written_to_without_a_writer_task() -> None:
+    async with Hub() as hub:
+        sink = DirectSink()
+        connection = await hub.connect(sink)
+        await hub.handle_message(connection, '{"type":"subscribe","sessionId":"s"}')
+        for n in range(10):
+            await hub.broadcast_to_session("s", ToolResult("s", str(n), "t", "x"))
+        assert connection.writer_scope is None
+        assert not connection.sending
+        assert (12, 0) == (sink.direct, sink.queued), "connected, subscribed, 10 events"
+        sink.room = False
+        await hub.broadcast_to_session("s", Complete("s"))
+        await wait_for(lambda: bool(sink.of_type("complete")))
+        assert 1 == sink.queued, "backpressure: through the outbox and a writer"
+    assert sink.closed == (1001, "server shutting down")
+
+
+async def test_a_direct_sink_that_raises_is_dropped() -> None:
+    class Exploding(DirectSink):
+        def try_send(self, text: str) -> bool:
+            if '"complete"' in text:
+                raise ConnectionResetError("gone")
+            return super().try_send(text)
+
+    async with Hub() as hub:
+        connection = await hub.connect(Exploding())
+        await hub.handle_message(connection, '{"type":"subscribe","sessionId":"s"}')
+        await hub.broadcast_to_session("s", Complete("s"))
+        stats = hub.statistics()
+    assert (0, 1) == (stats.connections, stats.closed_broken)

@@ -19,7 +19,7 @@ Rules every broker keeps:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Set
+from collections.abc import Awaitable, Callable, Mapping, Set
 from typing import Protocol
 
 import anyio
@@ -57,6 +57,8 @@ class BrokerContext:
     history: History
     permissions: PermissionBroker
     task_group: anyio.abc.TaskGroup
+    clock: Callable[[], float] = anyio.current_time
+    """The hub's clock (the backend's, looked up once)."""
 
 
 class Broker(Protocol):
@@ -129,7 +131,7 @@ class LocalBroker:
 
     def publish(self, session_id: str, body: str, is_delta: bool) -> None:
         context = self._ctx()
-        seq, text = context.history.append(session_id, body, anyio.current_time())
+        seq, text = context.history.append(session_id, body, context.clock())
         context.receiver.deliver(session_id, seq, text, is_delta)
 
     def publish_global(self, text: str) -> None:

@@ -10,6 +10,7 @@ message naming the field.
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Callable, Collection
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Final, TypeVar
@@ -150,7 +151,7 @@ _hooks: dict[type[Any], Callable[[Any], dict[str, Any]]] = {}
 
 
 def unstructure(event: ServerEvent) -> dict[str, Any]:
-    """The JSON object of a server frame, ``type`` first."""
+    """The JSON object of a server frame, ``type`` first (through the converter)."""
     cls = type(event)
     hook = _hooks.get(cls)
     if hook is None:
@@ -158,9 +159,61 @@ def unstructure(event: ServerEvent) -> dict[str, Any]:
     return {"type": event.TYPE, **hook(event)}
 
 
+def _compile_encoder(cls: type[Any], *, top: bool) -> Callable[[Any], str]:
+    """Source for ``encode`` of one class, compiled once.
+
+    Encoding is the per-event cost of fan-out, so each class gets a function
+    that writes its JSON directly (strings through the json module's C
+    escaper) instead of building a dict and serializing it. It produces
+    exactly ``json.dumps(unstructure(event))`` in compact ASCII form; a
+    property test holds it to that.
+    """
+    hints = typing.get_type_hints(cls)
+    namespace: dict[str, Any] = {"esc": encode_basestring_ascii, "dumps": _dumps}
+    lines = [f"def encode_{cls.__name__}(e):"]
+    opening = "{" + f'"type":{encode_basestring_ascii(cls.TYPE)},' if top else "{"
+    lines.append(f"    out = {opening!r}")
+    for index, field in enumerate(attrs.fields(cls)):
+        kind = hints[field.name]
+        optional = type(None) in typing.get_args(kind)
+        if optional:
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if kind is str or typing.get_origin(kind) is typing.Literal:
+            value = "esc(v)"
+        elif kind is bool:
+            value = "('true' if v else 'false')"
+        elif kind is int:
+            value = "str(v)"
+        elif attrs.has(kind):
+            namespace[f"nested{index}"] = _compile_encoder(kind, top=False)
+            value = f"nested{index}(v)"
+        else:
+            value = "dumps(v)"
+        key = f'"{wire_name(field.name)}":'
+        separator = "" if index == 0 else ","
+        lines.append(f"    v = e.{field.name}")
+        indent = "    "
+        if optional:
+            # Omitted when None; the first field is never optional, so no
+            # leading comma can be left behind.
+            assert index, f"{cls.__name__}: the first field must be required"
+            lines.append("    if v is not None:")
+            indent = "        "
+        lines.append(f"{indent}out += {separator + key!r} + {value}")
+    lines.append("    return out + '}'")
+    exec("\n".join(lines), namespace)
+    encoder: Callable[[Any], str] = namespace[f"encode_{cls.__name__}"]
+    return encoder
+
+
+_encoders: Final[dict[type[Any], Callable[[Any], str]]] = {
+    cls: _compile_encoder(cls, top=True) for cls in SERVER_TYPES.values()
+}
+
+
 def encode(event: ServerEvent) -> str:
     """One compact JSON text frame. ASCII only, so ``len(text)`` is its size in bytes."""
-    return _dumps(unstructure(event))
+    return _encoders[type(event)](event)
 
 
 def with_seq(text: str, seq: int) -> str:

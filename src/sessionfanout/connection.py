@@ -9,6 +9,7 @@ in one place, ``Connection.over_limits`` plus ``coalesce``, applied by the hub.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import anyio
@@ -20,7 +21,14 @@ __all__ = ("Connection", "Sink")
 
 
 class Sink(Protocol):
-    """Where a connection's frames go: a WebSocket, an SSE response, a test fake."""
+    """Where a connection's frames go: a WebSocket, an SSE response, a test fake.
+
+    A sink may also have ``try_send(text) -> bool``: write the frame now if
+    the transport has room, without waiting (a transport's buffered
+    ``write``), and return False to have it queued instead. Then an idle
+    connection is written to directly, and its writer task exists only once
+    backpressure has needed it.
+    """
 
     async def send(self, text: str) -> None:
         """Send one text frame; raising marks the sink broken and drops it."""
@@ -66,7 +74,9 @@ class Connection:
         "outbox",
         "queued_bytes",
         "rate",
+        "sending",
         "sink",
+        "try_send",
         "wakeup",
         "writer_scope",
     )
@@ -75,39 +85,56 @@ class Connection:
         self.id = connection_id
         self.sink = sink
         self.context = context
-        self.outbox: deque[Queued] = deque()
+        self.try_send: Callable[[str], bool] | None = getattr(sink, "try_send", None)
+        # Made on first need: with direct writes most connections never queue.
+        self.outbox: deque[Queued] | None = None
         self.queued_bytes = 0
         self.frames_sent = 0
         self.bytes_sent = 0
         self.closing = False
+        self.sending = False
+        """The writer holds a frame (or is about to): nothing may overtake it."""
         self.wakeup: anyio.Event | None = None
+        """Set while the writer waits for the outbox to fill."""
         self.writer_scope: anyio.CancelScope | None = None
         self.rate: Any = None
 
     def __repr__(self) -> str:
-        return f"<Connection {self.id} queued={len(self.outbox)}>"
+        return f"<Connection {self.id} queued={self.queued}>"
+
+    @property
+    def queued(self) -> int:
+        return len(self.outbox) if self.outbox else 0
 
     def enqueue(self, item: Queued, size: int) -> None:
-        self.outbox.append(item)
+        outbox = self.outbox
+        if outbox is None:
+            outbox = self.outbox = deque()
+        outbox.append(item)
         self.queued_bytes += size
         wakeup = self.wakeup
         if wakeup is not None:
             self.wakeup = None
+            self.sending = True
             wakeup.set()
 
     def over_limits(self, max_messages: int, max_bytes: int) -> bool:
         """Is more waiting than allowed? The head of the outbox (the next frame
         out) does not count against bytes: a reading client is never closed
         because one frame is large."""
-        if len(self.outbox) > max_messages:
+        outbox = self.outbox
+        if not outbox:
+            return False
+        if len(outbox) > max_messages:
             return True
         if self.queued_bytes <= max_bytes:
             return False
-        return self.queued_bytes - len(text_of(self.outbox[0])) > max_bytes
+        return self.queued_bytes - len(text_of(outbox[0])) > max_bytes
 
     def discard_outbox(self) -> int:
-        dropped = len(self.outbox)
-        self.outbox.clear()
+        dropped = self.queued
+        if self.outbox:
+            self.outbox.clear()
         self.queued_bytes = 0
         return dropped
 

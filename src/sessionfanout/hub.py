@@ -10,10 +10,12 @@ appends to outboxes; it never awaits a client.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable
 from types import TracebackType
@@ -125,6 +127,27 @@ class _Waiter:
     decision: PermissionDecision | None = None
 
 
+def _fast_primitives() -> tuple[Callable[[], float], Callable[[], anyio.Event]]:
+    """The running backend's clock and event type, looked up once.
+
+    ``anyio.current_time()`` and ``anyio.Event()`` find the backend on every
+    call, which costs more than the rest of a delivery; the hub calls them per
+    event and per wake-up. These are the same functions, found once.
+    """
+    event_type: Callable[[], anyio.Event] = type(anyio.Event())
+    if not isinstance(event_type(), anyio.Event):  # pragma: no cover - defensive
+        event_type = anyio.Event
+    try:
+        return asyncio.get_running_loop().time, event_type
+    except RuntimeError:
+        pass
+    if "trio" in sys.modules:
+        import trio
+
+        return trio.current_time, event_type
+    return anyio.current_time, event_type  # pragma: no cover - other backends
+
+
 def _check_session_id(session_id: object) -> str:
     if not isinstance(session_id, str) or not session_id or len(session_id) > MAX_ID_LENGTH:
         raise InvalidArgument(
@@ -166,6 +189,8 @@ class Hub:
         self._tg: anyio.abc.TaskGroup | None = None
         self._running = False
         self._wake_at = math.inf
+        self._clock: Callable[[], float] = anyio.current_time
+        self._new_event: Callable[[], anyio.Event] = anyio.Event
         self._wakeup: anyio.Event | None = None
         self._drained: anyio.Event | None = None
         self._closed: anyio.Event | None = None
@@ -190,10 +215,13 @@ class Hub:
     async def __aenter__(self) -> Self:
         if self._tg is not None:
             raise HubClosed("a Hub can be entered only once")
+        self._clock, self._new_event = _fast_primitives()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
-            await self.broker.start(BrokerContext(self, self._history, self._permissions, self._tg))
+            await self.broker.start(
+                BrokerContext(self, self._history, self._permissions, self._tg, self._clock)
+            )
         except BaseException:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
@@ -254,19 +282,22 @@ class Hub:
             raise HubClosed("the hub is not running; use it inside 'async with Hub(...)'")
         return self._tg
 
+    def _check_tg(self) -> anyio.abc.TaskGroup:
+        assert self._tg is not None, "the hub was never entered"
+        return self._tg
+
     # -- adapter side ------------------------------------------------------
 
     async def connect(self, sink: Sink, context: Any = None) -> Connection:
         """Accept a connection: send it ``connected`` and start its writer."""
-        tg = self._check_running()
+        self._check_running()
         connection = Connection(secrets.token_urlsafe(9), sink, context)
         if self.config.client_rate is not None:
             connection.rate = TokenBucket(
-                self.config.client_rate, self.config.client_burst, anyio.current_time()
+                self.config.client_rate, self.config.client_burst, self._clock()
             )
         self._registry.connect(connection)
         self._reply(connection, Connected(int(time.time() * 1000), connection.id))
-        tg.start_soon(self._writer, connection, name=f"sessionfanout writer {connection.id}")
         return connection
 
     async def disconnect(self, connection: Connection) -> None:
@@ -300,7 +331,7 @@ class Hub:
         if not self._registry.is_connected(connection):
             raise UnknownConnection(f"{connection!r} is not connected to this hub")
         try:
-            if connection.rate is not None and not connection.rate.take(anyio.current_time()):
+            if connection.rate is not None and not connection.rate.take(self._clock()):
                 raise ProtocolError("rate_limited", "too many frames; slow down")
             message = decode_client(
                 raw, max_bytes=self.config.max_frame_bytes, custom_types=self._custom
@@ -344,7 +375,7 @@ class Hub:
         if not self._registry.is_connected(connection):
             return
         # No await from here on: the replay and live events cannot interleave.
-        state = self._history.state(session_id, anyio.current_time())
+        state = self._history.state(session_id, self._clock())
         replay = None
         if message.last_seq is not None:
             replay = self._history.replay(session_id, message.last_seq, message.epoch)
@@ -403,7 +434,7 @@ class Hub:
             raise InvalidArgument(f"delta text must be a string, got {type(text).__name__}")
         if not self.broker.available:
             raise BrokerUnavailable("the backplane is unavailable; the delta was not accepted")
-        now = anyio.current_time()
+        now = self._clock()
         for batch in self._batcher.add(session_id, text, turn_id, now):
             self._publish_batch(batch)
         if now + self.config.batch_interval < self._wake_at:
@@ -432,7 +463,7 @@ class Hub:
         _check_session_id(session_id)
         pending = self._permissions.open(
             session_id,
-            anyio.current_time(),
+            self._clock(),
             self.config.permission_timeout if deny_after is None else deny_after,
             request_id,
         )
@@ -440,7 +471,7 @@ class Hub:
         if pending.deadline < self._wake_at:
             self._wake_scheduler()
         try:
-            ttl = pending.deadline - anyio.current_time()
+            ttl = pending.deadline - self._clock()
             await self.broker.open_permission(pending.request_id, session_id, ttl)
             info = PermissionRequestInfo(pending.request_id, tool_name, command, description)
             await self._publish_in_order(PermissionRequest(session_id, info))
@@ -561,7 +592,7 @@ class Hub:
         """Receiver: events were lost; ``subscribed`` with ``resumed: false`` tells
         each subscriber to reload the session and carry on from the new seq."""
         self._counters["resyncs"] += 1
-        state = self._history.state(session_id, anyio.current_time())
+        state = self._history.state(session_id, self._clock())
         text = encode(Subscribed(session_id, state.seq, state.epoch, False))
         for connection in tuple(self._registry.sinks_of(session_id)):
             self._enqueue(connection, text)
@@ -580,19 +611,40 @@ class Hub:
         self._enqueue(connection, encode(event))
 
     def _enqueue(self, connection: Connection, item: Queued) -> None:
-        connection.enqueue(item, len(text_of(item)))
+        text = item if type(item) is str else item.text  # type: ignore[union-attr]
+        if connection.try_send is not None and not connection.sending and not connection.outbox:
+            # Idle and the transport may have room: write now, no queue, no wake-up.
+            try:
+                sent = connection.try_send(text)
+            except Exception as exc:
+                self._broken(connection, exc)
+                return
+            if sent:
+                connection.frames_sent += 1
+                connection.bytes_sent += len(text)
+                return
+        connection.enqueue(item, len(text))
+        if connection.writer_scope is None and not connection.sending:
+            connection.sending = True
+            self._check_tg().start_soon(self._writer, connection)
         config = self.config
         if connection.over_limits(config.outbox_max_messages, config.outbox_max_bytes):
             self._handle_overflow(connection)
+
+    def _broken(self, connection: Connection, exc: Exception) -> None:
+        self._counters["closed_broken"] += 1
+        logger.info("dropping connection %s: send failed: %r", connection.id, exc)
+        self._close(connection, CLOSE_INTERNAL, "send failed")
 
     def _handle_overflow(self, connection: Connection) -> None:
         """The slow-consumer policy, applied when an outbox goes over its limits."""
         config = self.config
         if config.slow_consumer is SlowConsumerPolicy.COALESCE_THEN_CLOSE:
-            merged = coalesce(connection.outbox)
-            if merged:
+            outbox = connection.outbox
+            merged = coalesce(outbox) if outbox else 0
+            if merged and outbox:
                 self._counters["coalesced"] += merged
-                connection.queued_bytes = sum(len(text_of(i)) for i in connection.outbox)
+                connection.queued_bytes = sum(len(text_of(i)) for i in outbox)
                 if not connection.over_limits(config.outbox_max_messages, config.outbox_max_bytes):
                     return
         self._counters["closed_slow"] += 1
@@ -601,17 +653,15 @@ class Hub:
 
     async def _writer(self, connection: Connection) -> None:
         # Shielded from the surrounding scope so that a cancelled server still
-        # drains what it accepted; the hub ends a writer through its own scope.
-        with anyio.CancelScope(shield=True), anyio.CancelScope() as scope:
+        # drains what it accepted; the hub ends a writer by cancelling this scope.
+        with anyio.CancelScope(shield=True) as scope:
             connection.writer_scope = scope
             if not self._registry.is_connected(connection):
                 return
             try:
                 await self._write_loop(connection)
             except Exception as exc:
-                self._counters["closed_broken"] += 1
-                logger.info("dropping connection %s: send failed: %r", connection.id, exc)
-                self._close(connection, CLOSE_INTERNAL, "send failed")
+                self._broken(connection, exc)
                 return
             # Hub shutdown: the outbox is drained; close before forgetting, so
             # that aclose() returns once every drained sink is closed.
@@ -619,13 +669,15 @@ class Hub:
             self._forget(connection)
 
     async def _write_loop(self, connection: Connection) -> None:
-        outbox = connection.outbox
         sink = connection.sink
+        new_event = self._new_event
         while True:
+            outbox = connection.outbox
             if not outbox:
+                connection.sending = False
                 if connection.closing:
                     return
-                wakeup = connection.wakeup = anyio.Event()
+                wakeup = connection.wakeup = new_event()
                 await wakeup.wait()
                 continue
             text = text_of(outbox.popleft())
@@ -639,6 +691,10 @@ class Hub:
         if wakeup is not None:
             connection.wakeup = None
             wakeup.set()
+        elif connection.writer_scope is None and not connection.sending:
+            # Never needed a writer: nothing to drain, close it now.
+            connection.sending = True
+            self._check_tg().start_soon(self._writer, connection)
 
     def _close(self, connection: Connection, code: int, reason: str) -> None:
         """Forget the connection now and close its sink in the background."""
@@ -679,7 +735,7 @@ class Hub:
     async def _scheduler(self) -> None:
         """The one task that drives every deadline of the hub."""
         while True:
-            now = anyio.current_time()
+            now = self._clock()
             await self._run_due(now)
             deadlines = (
                 self._batcher.next_deadline(),
@@ -687,7 +743,7 @@ class Hub:
                 self._history.next_deadline(),
             )
             self._wake_at = min((d for d in deadlines if d is not None), default=math.inf)
-            wakeup = self._wakeup = anyio.Event()
+            wakeup = self._wakeup = self._new_event()
             with anyio.move_on_after(self._wake_at - now):
                 await wakeup.wait()
 
@@ -737,7 +793,7 @@ class Hub:
 
     def statistics(self) -> HubStatistics:
         connections = tuple(
-            ConnectionStatistics(c.id, len(c.outbox), c.queued_bytes, c.frames_sent, c.bytes_sent)
+            ConnectionStatistics(c.id, c.queued, c.queued_bytes, c.frames_sent, c.bytes_sent)
             for c in self._registry.sinks()
         )
         counters = self._counters

@@ -437,7 +437,7 @@ class RedisBroker:
     async def _on_event(self, session_id: str, envelope: Envelope) -> None:
         context = self._ctx()
         verdict = context.history.record(
-            session_id, envelope.epoch, envelope.seq, envelope.text, anyio.current_time()
+            session_id, envelope.epoch, envelope.seq, envelope.text, self._ctx().clock()
         )
         if verdict is Recorded.NEXT:
             context.receiver.deliver(session_id, envelope.seq, envelope.text, envelope.is_delta)
@@ -477,7 +477,7 @@ class RedisBroker:
     async def _seed(self, session_id: str) -> None:
         epoch, seq, entries = await self._fetch(session_id)
         frames = [e.text for e in self._verified(session_id, epoch, entries) if e.seq <= seq]
-        self._ctx().history.seed(session_id, epoch, seq, frames, anyio.current_time())
+        self._ctx().history.seed(session_id, epoch, seq, frames, self._ctx().clock())
 
     async def _catch_up(self, session_id: str) -> None:
         """Deliver what this process missed of the session, or tell its clients to reload."""
@@ -489,7 +489,7 @@ class RedisBroker:
         envelopes = self._verified(session_id, epoch, entries)
         first = envelopes[0].seq if envelopes else seq + 1
         if known is not None and known.epoch == epoch and first <= known.seq + 1:
-            now = anyio.current_time()
+            now = self._ctx().clock()
             for envelope in envelopes:
                 verdict = context.history.record(
                     session_id, epoch, envelope.seq, envelope.text, now
@@ -501,7 +501,7 @@ class RedisBroker:
             self._counters["gaps_filled"] += 1
             return
         context.history.seed(
-            session_id, epoch, seq, [e.text for e in envelopes], anyio.current_time()
+            session_id, epoch, seq, [e.text for e in envelopes], self._ctx().clock()
         )
         if known is not None:
             self._counters["resyncs"] += 1

@@ -1,0 +1,466 @@
+"""sessionfanout beside the alternatives, same workload, one process, one run.
+
+Run: ``.venv/bin/pip install -e '.[bench]'`` then
+``.venv/bin/python benchmarks/compare.py`` (``--quick`` for a short run,
+``--json`` for machine-readable output). Every figure is from this run on
+this machine: compare the ratios, not the absolute numbers.
+
+Workload: S sessions with K subscribers each; E small JSON events per session
+({"type":"text_delta","sessionId":...,"delta":...}). Burst: the publisher
+sends back to back. Paced: it yields to the event loop after each event, as
+a streaming agent does. Every implementation delivers into in-memory sinks
+that count; a first, checking run of each verifies order (per session) and
+isolation (no sink gets another session's event) before the timed runs.
+
+What each measured path includes:
+
+- bare loop: the event encoded once, then ``for sink in sinks: await
+  sink.send(payload)``. No isolation: a slow sink stalls everyone. The floor.
+- queue + writer: one asyncio.Queue and one writer task per sink; publish is
+  ``put_nowait`` into each queue. The floor for isolated delivery.
+- sessionfanout: ``Hub.broadcast_to_session``: ordering barrier, seq
+  stamped, history kept, bounded outbox per connection with overflow policy,
+  writer per connection (or a direct write when the sink takes one).
+- broadcaster (memory backend): ``Broadcast.publish``; one listener task
+  fans out to one asyncio.Queue per subscriber, drained by a task each.
+- python-socketio: ``AsyncServer.emit(room=...)`` with the in-memory
+  manager; counted where the packet would go to Engine.IO (one task each).
+- Channels: ``InMemoryChannelLayer.group_send``; a consumer task per
+  subscriber drains its channel with ``receive``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import statistics
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sessionfanout import Hub, HubConfig, TextDelta
+
+CONFIGS = [(1, 100, 2000), (1000, 2, 50), (100, 10, 200)]
+
+Publish = Callable[[str, int], Awaitable[None]]
+Setup = Callable[[list[list[Any]]], Any]  # async context manager yielding publish
+
+
+class CountingSink:
+    """Counts deliveries; ``try_send`` lets a hub write straight to it."""
+
+    __slots__ = ("count", "done", "target")
+
+    def __init__(self, target: int, done: Callable[[], None]) -> None:
+        self.count = 0
+        self.target = target
+        self.done = done
+
+    def got(self) -> None:
+        self.count += 1
+        if self.count == self.target:
+            self.done()
+
+    async def send(self, text: Any) -> None:
+        self.got()
+
+    def try_send(self, text: str) -> bool:
+        self.got()
+        return True
+
+    async def close(self, code: int, reason: str) -> None:
+        pass
+
+
+class CheckingSink(CountingSink):
+    """Also checks order and isolation (used in the verification run)."""
+
+    __slots__ = ("expected", "session")
+
+    def __init__(self, target: int, done: Callable[[], None], session: str) -> None:
+        super().__init__(target, done)
+        self.session = session
+        self.expected = 0
+
+    def check(self, payload: Any) -> None:
+        data = payload if isinstance(payload, dict) else json.loads(payload)
+        if isinstance(data, list):  # socket.io: ["event", {...}]
+            data = data[1]
+        assert data["sessionId"] == self.session, "isolation"
+        assert data["delta"] == f"token {self.expected} ", "order"
+        self.expected += 1
+        self.got()
+
+    async def send(self, text: Any) -> None:
+        self.check(text)
+
+    def try_send(self, text: str) -> bool:
+        self.check(text)
+        return True
+
+
+def payload(session_id: str, n: int) -> dict[str, str]:
+    return {"type": "text_delta", "sessionId": session_id, "delta": f"token {n} "}
+
+
+# -- implementations -----------------------------------------------------------
+
+
+@asynccontextmanager
+async def bare_loop(groups: dict[str, list[Any]]) -> AsyncIterator[Publish]:
+    async def publish(session_id: str, n: int) -> None:
+        text = json.dumps(payload(session_id, n))
+        for sink in groups[session_id]:
+            await sink.send(text)
+
+    yield publish
+
+
+@asynccontextmanager
+async def queue_writer(groups: dict[str, list[Any]]) -> AsyncIterator[Publish]:
+    async def writer(queue: asyncio.Queue[str], sink: Any) -> None:
+        while True:
+            await sink.send(await queue.get())
+
+    queues = {s: [asyncio.Queue[str]() for _ in sinks] for s, sinks in groups.items()}
+    tasks = [
+        asyncio.create_task(writer(q, sink))
+        for s, sinks in groups.items()
+        for q, sink in zip(queues[s], sinks, strict=True)
+    ]
+
+    async def publish(session_id: str, n: int) -> None:
+        text = json.dumps(payload(session_id, n))
+        for queue in queues[session_id]:
+            queue.put_nowait(text)
+
+    try:
+        yield publish
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class HubSink:
+    """The sink as the hub sees it: skips the hub's own control frames."""
+
+    __slots__ = ("inner", "send", "try_send")
+
+    def __init__(self, inner: Any, direct: bool) -> None:
+        self.inner = inner
+        self.send = self._send
+        if direct:
+            self.try_send = self._try_send
+
+    async def _send(self, text: str) -> None:
+        if text.startswith('{"type":"text_delta"'):
+            await self.inner.send(text)
+
+    def _try_send(self, text: str) -> bool:
+        if text.startswith('{"type":"text_delta"'):
+            return bool(self.inner.try_send(text))
+        return True
+
+    async def close(self, code: int, reason: str) -> None:
+        pass
+
+
+def hub_impl(direct: bool) -> Any:
+    @asynccontextmanager
+    async def sessionfanout(groups: dict[str, list[Any]]) -> AsyncIterator[Publish]:
+        config = HubConfig(client_rate=None, outbox_max_messages=1_000_000)
+        async with Hub(config) as hub:
+            for session_id, sinks in groups.items():
+                for sink in sinks:
+                    connection = await hub.connect(HubSink(sink, direct))
+                    subscribe = json.dumps({"type": "subscribe", "sessionId": session_id})
+                    await hub.handle_message(connection, subscribe)
+            await asyncio.sleep(0.01)
+
+            async def publish(session_id: str, n: int) -> None:
+                await hub.broadcast_to_session(session_id, TextDelta(session_id, f"token {n} "))
+
+            yield publish
+
+    return sessionfanout
+
+
+@asynccontextmanager
+async def broadcaster_impl(groups: dict[str, list[Any]]) -> AsyncIterator[Publish]:
+    from broadcaster import Broadcast
+
+    broadcast = Broadcast("memory://")
+    await broadcast.connect()
+    ready = asyncio.Event()
+    subscribed = 0
+    total = sum(map(len, groups.values()))
+
+    async def consume(session_id: str, sink: Any) -> None:
+        nonlocal subscribed
+        async with broadcast.subscribe(channel=session_id) as subscriber:
+            subscribed += 1
+            if subscribed == total:
+                ready.set()
+            async for event in subscriber:
+                await sink.send(event.message)
+
+    tasks = [asyncio.create_task(consume(s, sink)) for s, sinks in groups.items() for sink in sinks]
+    await ready.wait()
+
+    async def publish(session_id: str, n: int) -> None:
+        await broadcast.publish(channel=session_id, message=json.dumps(payload(session_id, n)))
+
+    try:
+        yield publish
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await broadcast.disconnect()
+
+
+@asynccontextmanager
+async def socketio_impl(groups: dict[str, list[Any]]) -> AsyncIterator[Publish]:
+    import socketio
+
+    sinks_by_eio: dict[str, Any] = {}
+
+    class CountingServer(socketio.AsyncServer):  # type: ignore[misc]
+        async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
+            await sinks_by_eio[eio_sid].send(eio_pkt.data[1:])  # drop the packet type digit
+
+    server = CountingServer()
+    for session_id, sinks in groups.items():
+        for sink in sinks:
+            eio_sid = f"eio-{len(sinks_by_eio)}"
+            sinks_by_eio[eio_sid] = sink
+            sid = await server.manager.connect(eio_sid, "/")
+            server.manager.basic_enter_room(sid, "/", session_id)
+
+    async def publish(session_id: str, n: int) -> None:
+        await server.emit("event", payload(session_id, n), room=session_id)
+
+    yield publish
+
+
+@asynccontextmanager
+async def channels_impl(groups: dict[str, list[Any]]) -> AsyncIterator[Publish]:
+    from channels.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer(capacity=1_000_000)
+
+    async def consume(channel: str, sink: Any) -> None:
+        while True:
+            await sink.send((await layer.receive(channel))["p"])
+
+    tasks = []
+    for session_id, sinks in groups.items():
+        for sink in sinks:
+            channel = await layer.new_channel()
+            await layer.group_add(session_id, channel)
+            tasks.append(asyncio.create_task(consume(channel, sink)))
+
+    async def publish(session_id: str, n: int) -> None:
+        await layer.group_send(session_id, {"type": "x", "p": payload(session_id, n)})
+
+    try:
+        yield publish
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+IMPLEMENTATIONS: dict[str, Any] = {
+    "bare loop (floor)": bare_loop,
+    "queue + writer task per sink": queue_writer,
+    "sessionfanout Hub": hub_impl(direct=True),
+    "sessionfanout Hub (writer only)": hub_impl(direct=False),
+    "broadcaster (memory)": broadcaster_impl,
+    "python-socketio (rooms)": socketio_impl,
+    "Channels (InMemoryChannelLayer)": channels_impl,
+}
+
+# -- delivery ------------------------------------------------------------------------
+
+
+async def run_once(impl: Any, config: tuple[int, int, int], paced: bool, check: bool) -> float:
+    sessions, subscribers, events = config
+    finished = asyncio.Event()
+    remaining = sessions * subscribers
+
+    def one_done() -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0:
+            finished.set()
+
+    groups: dict[str, list[Any]] = {}
+    for s in range(sessions):
+        session_id = f"session-{s}"
+        groups[session_id] = [
+            CheckingSink(events, one_done, session_id) if check else CountingSink(events, one_done)
+            for _ in range(subscribers)
+        ]
+    session_ids = list(groups)
+    async with impl(groups) as publish:
+        gc.collect()
+        start = time.perf_counter()
+        for n in range(events):
+            for session_id in session_ids:
+                await publish(session_id, n)
+                if paced:
+                    await asyncio.sleep(0)
+        await asyncio.wait_for(finished.wait(), 300)
+        elapsed = time.perf_counter() - start
+    return elapsed / (sessions * subscribers * events) * 1e6
+
+
+async def delivery(repeat: int, scale: float, only: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for sessions, subscribers, events in CONFIGS:
+        config = (sessions, subscribers, max(2, int(events * scale)))
+        for paced in (False, True):
+            for name, impl in IMPLEMENTATIONS.items():
+                if only and not any(o in name for o in only):
+                    continue
+                try:
+                    await run_once(impl, config, paced, check=True)
+                    runs = [await run_once(impl, config, paced, check=False) for _ in range(repeat)]
+                except ImportError as exc:
+                    print(f"  {name}: skipped ({exc}); pip install -e '.[bench]'")
+                    continue
+                rows.append(
+                    {
+                        "implementation": name,
+                        "sessions": sessions,
+                        "subscribers": subscribers,
+                        "events": config[2],
+                        "mode": "paced" if paced else "burst",
+                        "us_per_delivery": statistics.median(runs),
+                    }
+                )
+    return rows
+
+
+def print_delivery(rows: list[dict[str, Any]]) -> None:
+    def key(row: dict[str, Any]) -> tuple[Any, ...]:
+        return (row["sessions"], row["subscribers"], row["events"], row["mode"])
+
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(key(row), []).append(row)
+    for (s, k, e, mode), members in groups.items():
+        floor = next((r for r in members if r["implementation"].startswith("bare")), members[0])
+        queue = next((r for r in members if r["implementation"].startswith("queue")), None)
+        hub = next((r for r in members if r["implementation"] == "sessionfanout Hub"), None)
+        print(f"\nS={s} K={k} E={e}, {mode}")
+        columns = ("deliveries/s", 13), ("us/delivery", 12), ("x bare", 7), ("x Hub", 7)
+        print(f"  {'implementation':<34}" + "".join(f" {n:>{w}}" for n, w in columns))
+        for row in members:
+            us = row["us_per_delivery"]
+            row["ratio_to_bare"] = us / floor["us_per_delivery"]
+            row["ratio_to_hub"] = us / hub["us_per_delivery"] if hub else None
+            vs_hub = f"{row['ratio_to_hub']:>6.1f}x" if hub else "      -"
+            print(
+                f"  {row['implementation']:<34} {1e6 / us:>13,.0f} {us:>12.3f}"
+                f" {row['ratio_to_bare']:>6.1f}x {vs_hub}"
+            )
+        if hub and queue:
+            print(f"  Hub / queue floor: {hub['us_per_delivery'] / queue['us_per_delivery']:.2f}x")
+
+
+# -- memory ------------------------------------------------------------------------------
+
+
+async def memory(sessions: int, subscribers: int, only: list[str]) -> list[dict[str, Any]]:
+    """tracemalloc over subscribing (and, for us, connecting) idle subscribers."""
+    rows = []
+    for name, impl in IMPLEMENTATIONS.items():
+        if name.startswith("bare") or (only and not any(o in name for o in only)):
+            continue
+        groups = {
+            f"session-{s}": [CountingSink(1, lambda: None) for _ in range(subscribers)]
+            for s in range(sessions)
+        }
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        try:
+            async with impl(groups):
+                await asyncio.sleep(0.05)
+                gc.collect()
+                after = tracemalloc.get_traced_memory()[0]
+        except ImportError:
+            tracemalloc.stop()
+            continue
+        tracemalloc.stop()
+        count = sessions * subscribers
+        rows.append({"implementation": name, "bytes_per_subscriber": (after - before) / count})
+    return rows
+
+
+async def hub_memory(sessions: int, subscribers: int) -> dict[str, float]:
+    """Our two figures apart: an idle connection, then an idle subscription of it."""
+    count = sessions * subscribers
+    async with Hub(HubConfig(client_rate=None)) as hub:
+        sinks = [HubSink(CountingSink(0, lambda: None), direct=True) for _ in range(count)]
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        connections = [await hub.connect(sink) for sink in sinks]
+        await asyncio.sleep(0.05)
+        gc.collect()
+        connected = tracemalloc.get_traced_memory()[0]
+        for n, connection in enumerate(connections):
+            frame = json.dumps({"type": "subscribe", "sessionId": f"session-{n % sessions}"})
+            await hub.handle_message(connection, frame)
+        await asyncio.sleep(0.05)
+        gc.collect()
+        subscribed = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+    return {
+        "idle_connection_bytes": (connected - base) / count,
+        "idle_subscription_bytes": (subscribed - connected) / count,
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    scale = 0.1 if args.quick else 1.0
+    repeat = 3 if args.quick else args.repeat
+    result: dict[str, Any] = {}
+    result["delivery"] = rows = await delivery(repeat, scale, args.only)
+    if not args.json:
+        print_delivery(rows)
+    mem_sessions = 1000 if args.quick else 10_000
+    result["memory"] = mem = await memory(mem_sessions, 10, args.only)
+    result["hub_memory"] = ours = await hub_memory(mem_sessions, 10)
+    if not args.json:
+        print(f"\nMemory per idle subscriber ({mem_sessions:,} sessions x 10, tracemalloc)")
+        for row in mem:
+            print(f"  {row['implementation']:<34} {row['bytes_per_subscriber']:>10,.0f} B")
+        print(
+            f"  sessionfanout: idle connection {ours['idle_connection_bytes']:,.0f} B,"
+            f" idle subscription of a connection {ours['idle_subscription_bytes']:,.0f} B"
+        )
+    if not args.no_batching:
+        from fanout import batching_table
+
+        await batching_table(1000, 50, 1 if args.quick else 5)
+    if args.json:
+        print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a tenth of the events, fewer runs")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--only", nargs="*", default=[], help="implementations whose name contains")
+    parser.add_argument("--no-batching", action="store_true")
+    asyncio.run(main(parser.parse_args()))
