@@ -451,7 +451,8 @@ async def main(args: argparse.Namespace) -> None:
     if not args.no_batching:
         from fanout import batching_table
 
-        await batching_table(1000, 50, 1 if args.quick else 5)
+        for direct in (False, True):
+            await batching_table(1000, 50, 1 if args.quick else 5, direct)
     if args.json:
         print(json.dumps(result, indent=2))
 

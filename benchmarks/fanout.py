@@ -117,7 +117,8 @@ async def memory_table(sessions: int, subscribers: int) -> None:
     print(f"  idle subscription of a connection:      {(subscribed - connected) / count:8.0f} B")
 
 
-async def batching_table(sessions: int, rate: float, seconds: float) -> None:
+async def batching_table(sessions: int, rate: float, seconds: float, direct: bool = False) -> None:
+    """``direct``: the sinks take frames with ``try_send`` (no writer task)."""
     interval = 0.05
     queued: dict[str, deque[float]] = {f"s{n}": deque() for n in range(sessions)}
     latencies: list[float] = []
@@ -129,6 +130,9 @@ async def batching_table(sessions: int, rate: float, seconds: float) -> None:
             self.pending = queued[session_id]
 
         async def send(self, text: str) -> None:
+            self.record(text)
+
+        def record(self, text: str) -> None:
             nonlocal frames
             if '"text_delta"' not in text:
                 return
@@ -137,9 +141,16 @@ async def batching_table(sessions: int, rate: float, seconds: float) -> None:
             for _ in range(text.count("|")):
                 latencies.append(now - self.pending.popleft())
 
+    class DirectTimingSink(TimingSink):
+        def try_send(self, text: str) -> bool:
+            self.record(text)
+            return True
+
+    sink_type = DirectTimingSink if direct else TimingSink
+
     async with Hub(HubConfig(batch_interval=interval, client_rate=None)) as hub:
         for session_id in queued:
-            connection = await hub.connect(TimingSink(session_id))
+            connection = await hub.connect(sink_type(session_id))
             await hub.handle_message(
                 connection, f'{{"type":"subscribe","sessionId":"{session_id}"}}'
             )
@@ -165,8 +176,10 @@ async def batching_table(sessions: int, rate: float, seconds: float) -> None:
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
 
     offered = cursor / elapsed / sessions
+    how = "direct writes" if direct else "writer tasks"
     print(
-        f"\nBatching under load ({sessions:,} sessions, {rate:.0f} deltas/s each, {seconds:.0f} s)"
+        f"\nBatching under load ({sessions:,} sessions, {rate:.0f} deltas/s each,"
+        f" {seconds:.0f} s, {how})"
     )
     print(f"  deltas per second per session offered: {offered:8.1f}")
     print(f"  frames per second per session sent:    {frames / elapsed / sessions:8.1f}")
@@ -180,7 +193,8 @@ async def main(args: argparse.Namespace) -> None:
     scale = 0.25 if args.quick else 1.0
     await delivery_table(3 if args.quick else 5, scale)
     await memory_table(1000 if args.quick else 10_000, 10 if not args.quick else 2)
-    await batching_table(1000, 50, 1 if args.quick else 5)
+    for direct in (False, True):
+        await batching_table(1000, 50, 1 if args.quick else 5, direct)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ in one place, ``Connection.over_limits`` plus ``coalesce``, applied by the hub.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import anyio
@@ -18,6 +18,14 @@ from .codec import decode_server, encode
 from .events import TextDelta
 
 __all__ = ("Connection", "Sink")
+
+
+class Wakeup(Protocol):
+    """A one-shot wake-up for a parked task (``anyio.Event`` is one)."""
+
+    def set(self) -> None: ...
+
+    def wait(self) -> Awaitable[Any]: ...
 
 
 class Sink(Protocol):
@@ -94,7 +102,7 @@ class Connection:
         self.closing = False
         self.sending = False
         """The writer holds a frame (or is about to): nothing may overtake it."""
-        self.wakeup: anyio.Event | None = None
+        self.wakeup: Wakeup | None = None
         """Set while the writer waits for the outbox to fill."""
         self.writer_scope: anyio.CancelScope | None = None
         self.rate: Any = None
