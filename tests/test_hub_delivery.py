@@ -334,3 +334,20 @@ async def test_a_direct_sink_that_raises_is_dropped() -> None:
         await hub.broadcast_to_session("s", Complete("s"))
         stats = hub.statistics()
     assert (0, 1) == (stats.connections, stats.closed_broken)
+
+
+async def test_an_idle_writer_retires_and_a_new_one_starts_when_needed() -> None:
+    """Idle connections cost no task; the next frame that must wait starts one."""
+    config = HubConfig(writer_idle_seconds=0.05)
+    async with Hub(config) as hub:
+        connection, sink = await connect(hub)  # no try_send: every frame needs a writer
+        await subscribe(hub, connection, "s")
+        assert connection.writer_scope is not None
+        await wait_for(lambda: connection.writer_scope is None)
+        for n in range(3):
+            await hub.broadcast_to_session("s", ToolResult("s", str(n), "t", "x"))
+        await wait_for(lambda: len(sink.of_type("tool_result")) == 3)
+        assert connection.writer_scope is not None
+        await wait_for(lambda: connection.writer_scope is None)
+    assert ["0", "1", "2"] == [f["toolUseId"] for f in sink.of_type("tool_result")]
+    assert (1001, "server shutting down") == sink.closed

@@ -74,5 +74,8 @@ class HubConfig:
     """Client frames per second each connection may send on average; None: unlimited."""
     client_burst: int = attrs.field(default=40, validator=_positive)
     """Client frames a connection may send at once before ``client_rate`` applies."""
+    writer_idle_seconds: float = attrs.field(default=1.0, validator=_positive)
+    """A connection's writer task ends after this long with nothing to send (and
+    starts again when a frame has to wait), so idle connections cost no task."""
     close_timeout: float = attrs.field(default=5.0, validator=_positive)
     """How long closing a sink, or draining outboxes at shutdown, may take (seconds)."""

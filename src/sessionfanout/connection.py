@@ -80,6 +80,7 @@ class Connection:
         "frames_sent",
         "id",
         "outbox",
+        "parked_at",
         "queued_bytes",
         "rate",
         "sending",
@@ -105,6 +106,8 @@ class Connection:
         self.wakeup: Wakeup | None = None
         """Set while the writer waits for the outbox to fill."""
         self.writer_scope: anyio.CancelScope | None = None
+        self.parked_at = 0.0
+        """When the writer last parked; negative once the hub retired it."""
         self.rate: Any = None
 
     def __repr__(self) -> str:
@@ -124,6 +127,7 @@ class Connection:
         if wakeup is not None:
             self.wakeup = None
             self.sending = True
+            self.parked_at = 0.0
             wakeup.set()
 
     def over_limits(self, max_messages: int, max_bytes: int) -> bool:

@@ -215,6 +215,8 @@ class Hub:
         self._running = False
         self._wake_at = math.inf
         self._batch_slack = config.batch_interval * BATCH_SLACK
+        self._writers = 0
+        self._next_sweep = 0.0
         self._clock: Callable[[], float] = anyio.current_time
         self._new_event: Callable[[], Wakeup] = anyio.Event
         self._wakeup: Wakeup | None = None
@@ -651,8 +653,7 @@ class Hub:
                 return
         connection.enqueue(item, len(text))
         if connection.writer_scope is None and not connection.sending:
-            connection.sending = True
-            self._check_tg().start_soon(self._writer, connection)
+            self._start_writer(connection)
         config = self.config
         if connection.over_limits(config.outbox_max_messages, config.outbox_max_bytes):
             self._handle_overflow(connection)
@@ -680,30 +681,45 @@ class Hub:
     async def _writer(self, connection: Connection) -> None:
         # Shielded from the surrounding scope so that a cancelled server still
         # drains what it accepted; the hub ends a writer by cancelling this scope.
-        with anyio.CancelScope(shield=True) as scope:
-            connection.writer_scope = scope
-            if not self._registry.is_connected(connection):
-                return
-            try:
-                await self._write_loop(connection)
-            except Exception as exc:
-                self._broken(connection, exc)
-                return
-            # Hub shutdown: the outbox is drained; close before forgetting, so
-            # that aclose() returns once every drained sink is closed.
-            await self._close_sink(connection.sink, CLOSE_GOING_AWAY, SHUTDOWN)
-            self._forget(connection)
+        self._writers += 1
+        if self._writers == 1 and self._next_sweep < self._wake_at:
+            self._wake_scheduler()  # it sweeps idle writers only while there are some
+        try:
+            with anyio.CancelScope(shield=True) as scope:
+                connection.writer_scope = scope
+                if not self._registry.is_connected(connection):
+                    return
+                try:
+                    retired = await self._write_loop(connection)
+                except Exception as exc:
+                    self._broken(connection, exc)
+                    return
+                if not retired:
+                    await self._close_drained(connection)
+        finally:
+            self._writers -= 1
 
-    async def _write_loop(self, connection: Connection) -> None:
+    async def _close_drained(self, connection: Connection) -> None:
+        """Hub shutdown, the outbox drained: close the sink, then forget it (in
+        this order, so that aclose() returns once every drained sink is closed)."""
+        await self._close_sink(connection.sink, CLOSE_GOING_AWAY, SHUTDOWN)
+        self._forget(connection)
+
+    async def _write_loop(self, connection: Connection) -> bool:
+        """Send until the hub closes (False) or the writer is retired idle (True)."""
         sink = connection.sink
         new_event = self._new_event
         while True:
             outbox = connection.outbox
             if not outbox:
-                connection.outbox = None  # an idle connection keeps no queue
+                outbox = connection.outbox = None  # an idle connection keeps no queue
                 connection.sending = False
                 if connection.closing:
-                    return
+                    return False
+                if connection.parked_at < 0:  # the sweep retired this writer
+                    connection.writer_scope = None
+                    return True
+                connection.parked_at = self._clock()
                 wakeup = connection.wakeup = new_event()
                 await wakeup.wait()
                 continue
@@ -713,15 +729,29 @@ class Hub:
             connection.frames_sent += 1
             connection.bytes_sent += len(text)
 
+    def _retire_idle_writers(self, now: float) -> None:
+        """End the writers parked for ``writer_idle_seconds``: an idle connection
+        costs no task; the next frame that has to wait starts one again."""
+        horizon = now - self.config.writer_idle_seconds
+        for connection in self._registry.sinks():
+            wakeup = connection.wakeup
+            if wakeup is not None and 0 <= connection.parked_at <= horizon:
+                connection.parked_at = -1.0
+                connection.wakeup = None
+                wakeup.set()
+
     def _wake_writer(self, connection: Connection) -> None:
         wakeup = connection.wakeup
         if wakeup is not None:
             connection.wakeup = None
             wakeup.set()
         elif connection.writer_scope is None and not connection.sending:
-            # Never needed a writer: nothing to drain, close it now.
-            connection.sending = True
-            self._check_tg().start_soon(self._writer, connection)
+            self._start_writer(connection)  # none running: it has nothing to drain, just closes
+
+    def _start_writer(self, connection: Connection) -> None:
+        connection.sending = True
+        connection.parked_at = 0.0
+        self._check_tg().start_soon(self._writer, connection)
 
     def _close(self, connection: Connection, code: int, reason: str) -> None:
         """Forget the connection now and close its sink in the background."""
@@ -764,11 +794,13 @@ class Hub:
         while True:
             now = self._clock()
             await self._run_due(now)
-            deadlines = (
+            deadlines: tuple[float | None, ...] = (
                 self._batcher.next_deadline(),
                 self._permissions.next_deadline(),
                 self._history.next_deadline(),
             )
+            if self._writers:
+                deadlines += (self._next_sweep,)
             self._wake_at = min((d for d in deadlines if d is not None), default=math.inf)
             if deadlines[0] is not None and deadlines[0] - self._batch_slack <= self._wake_at:
                 self._wake_at = deadlines[0] - self._batch_slack
@@ -801,6 +833,9 @@ class Hub:
                 logger.warning("permission %s timed out unannounced: %s", pending.request_id, exc)
         for session_id in self._history.evict_idle(now, self._registry.has_subscribers):
             logger.debug("forgot idle session %s", session_id)
+        if now >= self._next_sweep:
+            self._retire_idle_writers(now)
+            self._next_sweep = now + self.config.writer_idle_seconds
 
     # -- permissions -------------------------------------------------------
 
