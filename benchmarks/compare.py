@@ -405,22 +405,27 @@ async def memory(sessions: int, subscribers: int, only: list[str]) -> list[dict[
     return rows
 
 
-async def hub_memory(sessions: int, subscribers: int) -> dict[str, float]:
-    """Our two figures apart: an idle connection, then an idle subscription of it."""
+async def hub_memory(sessions: int, subscribers: int, direct: bool) -> dict[str, float]:
+    """Our two figures apart: an idle connection, then an idle subscription of it.
+
+    ``direct``: sinks that take frames with ``try_send``; otherwise every frame
+    goes through a writer task, measured once idle writers have retired.
+    """
     count = sessions * subscribers
-    async with Hub(HubConfig(client_rate=None)) as hub:
-        sinks = [HubSink(CountingSink(0, lambda: None), direct=True) for _ in range(count)]
+    config = HubConfig(client_rate=None, writer_idle_seconds=0.2)
+    async with Hub(config) as hub:
+        sinks = [HubSink(CountingSink(0, lambda: None), direct) for _ in range(count)]
         gc.collect()
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
         connections = [await hub.connect(sink) for sink in sinks]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.6)  # writers retire after 0.2 to 0.4 s idle
         gc.collect()
         connected = tracemalloc.get_traced_memory()[0]
         for n, connection in enumerate(connections):
             frame = json.dumps({"type": "subscribe", "sessionId": f"session-{n % sessions}"})
             await hub.handle_message(connection, frame)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.6)
         gc.collect()
         subscribed = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
@@ -439,15 +444,20 @@ async def main(args: argparse.Namespace) -> None:
         print_delivery(rows)
     mem_sessions = 1000 if args.quick else 10_000
     result["memory"] = mem = await memory(mem_sessions, 10, args.only)
-    result["hub_memory"] = ours = await hub_memory(mem_sessions, 10)
+    result["hub_memory"] = ours = {
+        kind: await hub_memory(mem_sessions, 10, direct)
+        for kind, direct in (("direct", True), ("writer", False))
+    }
     if not args.json:
         print(f"\nMemory per idle subscriber ({mem_sessions:,} sessions x 10, tracemalloc)")
         for row in mem:
             print(f"  {row['implementation']:<34} {row['bytes_per_subscriber']:>10,.0f} B")
-        print(
-            f"  sessionfanout: idle connection {ours['idle_connection_bytes']:,.0f} B,"
-            f" idle subscription of a connection {ours['idle_subscription_bytes']:,.0f} B"
-        )
+        for kind, figures in ours.items():
+            print(
+                f"  sessionfanout ({kind} sinks): idle connection"
+                f" {figures['idle_connection_bytes']:,.0f} B, idle subscription of a connection"
+                f" {figures['idle_subscription_bytes']:,.0f} B"
+            )
     if not args.no_batching:
         from fanout import batching_table
 
