@@ -16,10 +16,8 @@ Every figure comes from this run on this machine; compare the ratios.
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
 import time
-import tracemalloc
 from collections import deque
 from typing import Any
 
@@ -95,26 +93,15 @@ async def delivery_table(repeat: int, scale: float) -> None:
 
 
 async def memory_table(sessions: int, subscribers: int) -> None:
-    async with Hub(HubConfig(client_rate=None)) as hub:
-        sinks = [CountingSink() for _ in range(sessions * subscribers)]
-        gc.collect()
-        tracemalloc.start()
-        base = tracemalloc.get_traced_memory()[0]
-        connections = [await hub.connect(sink) for sink in sinks]
-        await until(lambda: all(sink.count == 1 for sink in sinks))
-        gc.collect()
-        connected = tracemalloc.get_traced_memory()[0]
-        for n, connection in enumerate(connections):
-            session = f"session-{n % sessions}"
-            await hub.handle_message(connection, f'{{"type":"subscribe","sessionId":"{session}"}}')
-        await until(lambda: all(sink.count == 2 for sink in sinks))
-        gc.collect()
-        subscribed = tracemalloc.get_traced_memory()[0]
-        tracemalloc.stop()
-    count = len(sinks)
+    from compare import hub_memory  # one measurement, shared with the comparison suite
+
     print(f"\nMemory ({sessions:,} sessions x {subscribers} subscribers, tracemalloc)")
-    print(f"  idle connection (outbox + writer task): {(connected - base) / count:8.0f} B")
-    print(f"  idle subscription of a connection:      {(subscribed - connected) / count:8.0f} B")
+    for kind, direct in (("direct", True), ("writer", False)):
+        figures = await hub_memory(sessions, subscribers, direct)
+        print(
+            f"  {kind} sinks: idle connection {figures['idle_connection_bytes']:8.0f} B,"
+            f" idle subscription of a connection {figures['idle_subscription_bytes']:6.0f} B"
+        )
 
 
 async def batching_table(sessions: int, rate: float, seconds: float, direct: bool = False) -> None:
