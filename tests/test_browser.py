@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.servers import require
+
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -26,18 +28,9 @@ ARGS = [
 ]
 
 
-def require(condition: bool, why: str) -> None:
-    """A missing browser fails under CI=true and skips elsewhere, saying why."""
-    if condition:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{why} (CI=true: a missing browser is a failure)")
-    pytest.skip(why)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    require(CHROMIUM is not None, "Debian's chromium is not installed (make test installs it)")
+    require(CHROMIUM is not None, "Debian's chromium is not installed")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:  # pragma: no cover - the dev extra installs it
