@@ -29,8 +29,7 @@ system-deps:
 	fi
 
 demo: $(STAMP)
-	@echo "sessionfanout demo: open http://$(HOST):$(PORT)/ (Ctrl-C to stop)"
-	$(BIN)/python examples/asgi_app.py --host $(HOST) --port $(PORT)
+	@$(BIN)/python examples/asgi_app.py --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
