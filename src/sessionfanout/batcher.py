@@ -150,10 +150,6 @@ class DeltaBatcher:
             deadlines.popleft()
         return deadlines[0][0] if deadlines else None
 
-    def pending_chars(self, session_id: str) -> int:
-        pending = self._pending.get(session_id)
-        return 0 if pending is None else pending.chars
-
     def __len__(self) -> int:
         """Sessions with pending text."""
         return len(self._pending)

@@ -52,12 +52,11 @@ class Frame:
     may merge.
     """
 
-    __slots__ = ("is_delta", "seq", "session_id", "text")
+    __slots__ = ("is_delta", "session_id", "text")
 
-    def __init__(self, text: str, session_id: str, seq: int, is_delta: bool) -> None:
+    def __init__(self, text: str, session_id: str, is_delta: bool) -> None:
         self.text = text
         self.session_id = session_id
-        self.seq = seq
         self.is_delta = is_delta
 
 
@@ -196,4 +195,4 @@ def _merge(run: list[TextDelta]) -> Frame:
     first, last = run[0], run[-1]
     assert last.seq is not None
     event = TextDelta(first.session_id, "".join(d.delta for d in run), first.turn_id, last.seq)
-    return Frame(encode(event), first.session_id, last.seq, True)
+    return Frame(encode(event), first.session_id, True)

@@ -606,7 +606,7 @@ class Hub:
 
     def deliver(self, session_id: str, seq: int, text: str, is_delta: bool) -> None:
         """Receiver: enqueue a numbered session event for the session's subscribers."""
-        frame = Frame(text, session_id, seq, is_delta)
+        frame = Frame(text, session_id, is_delta)
         # A copy: the overflow policy may drop a connection mid-loop.
         for connection in tuple(self._registry.sinks_of(session_id)):
             self._enqueue(connection, frame)

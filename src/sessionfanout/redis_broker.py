@@ -188,6 +188,10 @@ class RedisBroker:
     def _control_channel(self) -> str:
         return f"{self.prefix}:control:{self._process_id}"
 
+    def _ttl_ms(self) -> int:
+        """A session's keys live this long after its last event (the hub's idle TTL)."""
+        return max(1, int(self._ctx().history.idle_ttl * 1000))
+
     # -- lifecycle ------------------------------------------------------------
 
     @property
@@ -270,7 +274,6 @@ class RedisBroker:
         context = self._ctx()
         history = context.history
         payload = self._signer.pack_event(session_id, body, is_delta)
-        ttl_ms = max(1, int(history.idle_ttl * 1000))
         return self._enqueue(
             (
                 "EVALSHA",
@@ -283,7 +286,7 @@ class RedisBroker:
                 secrets.token_urlsafe(9),
                 history.max_events,
                 history.max_bytes,
-                ttl_ms,
+                self._ttl_ms(),
             )
         )
 
@@ -453,14 +456,13 @@ class RedisBroker:
 
     async def _fetch(self, session_id: str) -> tuple[str, int, list[str]]:
         assert self._commands is not None
-        history = self._ctx().history
         epoch, seq, entries = await self._commands.evalsha(
             self._scripts["state"].sha,
             2,
             self._key(session_id, "meta"),
             self._key(session_id, "log"),
             secrets.token_urlsafe(9),
-            max(1, int(history.idle_ttl * 1000)),
+            self._ttl_ms(),
         )
         return str(epoch), int(seq), list(entries)
 
