@@ -159,6 +159,29 @@ async def test_each_event_is_encoded_once_for_all_subscribers() -> None:
     assert all(text is texts[0] for text in texts), "the same string object goes to every outbox"
 
 
+async def test_leaving_the_hub_ends_every_writer_even_a_stuck_one() -> None:
+    """No writer outlives the hub, not even one whose send takes time to unwind."""
+
+    class SlowToUnwind(StuckSink):
+        ended = False
+
+        async def send(self, text: str) -> None:
+            try:
+                await super().send(text)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(0.05)
+                self.ended = True
+
+    stuck = SlowToUnwind()
+    async with Hub(HubConfig(close_timeout=0.05)) as hub:
+        await connect(hub, stuck)
+        _, reader = await connect(hub)
+        await wait_for(lambda: bool(reader.texts))
+    assert stuck.ended
+    assert (1001, "server shutting down") == reader.closed
+
+
 async def test_a_stuck_sink_delays_nobody_and_is_closed_when_its_outbox_overflows() -> None:
     config = HubConfig(batch_interval=0.005, outbox_max_messages=50)
     async with Hub(config) as hub:
@@ -311,7 +334,7 @@ async def test_an_idle_direct_sink_is_written_to_without_a_writer_task() -> None
         await hub.handle_message(connection, '{"type":"subscribe","sessionId":"s"}')
         for n in range(10):
             await hub.broadcast_to_session("s", ToolResult("s", str(n), "t", "x"))
-        assert connection.writer_scope is None
+        assert connection.writer is None
         assert not connection.sending
         assert (12, 0) == (sink.direct, sink.queued), "connected, subscribed, 10 events"
         sink.room = False
@@ -342,12 +365,12 @@ async def test_an_idle_writer_retires_and_a_new_one_starts_when_needed() -> None
     async with Hub(config) as hub:
         connection, sink = await connect(hub)  # no try_send: every frame needs a writer
         await subscribe(hub, connection, "s")
-        assert connection.writer_scope is not None
-        await wait_for(lambda: connection.writer_scope is None)
+        assert connection.writer is not None
+        await wait_for(lambda: connection.writer is None)
         for n in range(3):
             await hub.broadcast_to_session("s", ToolResult("s", str(n), "t", "x"))
         await wait_for(lambda: len(sink.of_type("tool_result")) == 3)
-        assert connection.writer_scope is not None
-        await wait_for(lambda: connection.writer_scope is None)
+        assert connection.writer is not None
+        await wait_for(lambda: connection.writer is None)
     assert ["0", "1", "2"] == [f["toolUseId"] for f in sink.of_type("tool_result")]
     assert (1001, "server shutting down") == sink.closed

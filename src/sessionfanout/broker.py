@@ -20,7 +20,7 @@ Rules every broker keeps:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Set
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import anyio
 import anyio.abc
@@ -106,11 +106,18 @@ class Broker(Protocol):
     def statistics(self) -> Mapping[str, int]: ...
 
 
+def _not_started(*args: object) -> NoReturn:
+    raise AssertionError("LocalBroker used before start()")
+
+
 class LocalBroker:
     """One process, no server: numbering and delivery happen in ``publish``."""
 
     def __init__(self) -> None:
         self._context: BrokerContext | None = None
+        self._append: Callable[[str, str, float], tuple[int, str]] = _not_started
+        self._deliver: Callable[[str, int, str, bool], None] = _not_started
+        self._clock: Callable[[], float] = anyio.current_time
 
     @property
     def available(self) -> bool:
@@ -118,6 +125,10 @@ class LocalBroker:
 
     async def start(self, context: BrokerContext) -> None:
         self._context = context
+        # Bound once: publish runs for every event and every batch.
+        self._append = context.history.append
+        self._deliver = context.receiver.deliver
+        self._clock = context.clock
 
     async def flush(self) -> None:
         pass
@@ -130,9 +141,8 @@ class LocalBroker:
         return self._context
 
     def publish(self, session_id: str, body: str, is_delta: bool) -> None:
-        context = self._ctx()
-        seq, text = context.history.append(session_id, body, context.clock())
-        context.receiver.deliver(session_id, seq, text, is_delta)
+        seq, text = self._append(session_id, body, self._clock())
+        self._deliver(session_id, seq, text, is_delta)
 
     def publish_global(self, text: str) -> None:
         self._ctx().receiver.deliver_global(text)

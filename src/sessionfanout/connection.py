@@ -12,8 +12,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-import anyio
-
 from .codec import decode_server, encode
 from .events import TextDelta
 
@@ -26,6 +24,12 @@ class Wakeup(Protocol):
     def set(self) -> None: ...
 
     def wait(self) -> Awaitable[Any]: ...
+
+
+class Cancellable(Protocol):
+    """A running writer, as the hub ends it (an asyncio task, a cancel scope)."""
+
+    def cancel(self) -> object: ...
 
 
 class Sink(Protocol):
@@ -86,7 +90,7 @@ class Connection:
         "sink",
         "try_send",
         "wakeup",
-        "writer_scope",
+        "writer",
     )
 
     def __init__(self, connection_id: str, sink: Sink, context: Any = None) -> None:
@@ -104,7 +108,8 @@ class Connection:
         """The writer holds a frame (or is about to): nothing may overtake it."""
         self.wakeup: Wakeup | None = None
         """Set while the writer waits for the outbox to fill."""
-        self.writer_scope: anyio.CancelScope | None = None
+        self.writer: Cancellable | None = None
+        """The running writer (a task or its cancel scope); None when there is none."""
         self.parked_at = 0.0
         """When the writer last parked; negative once the hub retired it."""
         self.rate: Any = None

@@ -96,12 +96,13 @@ class History:
         Returns the seq and the frame with the seq in it.
         """
         log = self._touch(session_id, now)
-        log.seq += 1
-        text = with_seq(body, log.seq)
+        seq = log.seq = log.seq + 1
+        text = with_seq(body, seq)
         log.frames.append(text)
         log.chars += len(text)
-        self._trim(log)
-        return log.seq, text
+        if len(log.frames) > self.max_events or log.chars > self.max_bytes:
+            self._trim(log)
+        return seq, text
 
     def peek(self, session_id: str) -> SessionState | None:
         """The session's epoch and last seq, if known (creates nothing)."""

@@ -152,25 +152,35 @@ class _FutureWakeup:
         return self._future
 
 
-def _fast_primitives() -> tuple[Callable[[], float], Callable[[], Wakeup]]:
-    """The running backend's clock and a cheap one-shot wake-up, looked up once.
+@attrs.frozen
+class _Runtime:
+    """The running backend's clock, a cheap one-shot wake-up, and (on asyncio)
+    its loop, looked up once.
 
     ``anyio.current_time()`` and ``anyio.Event()`` find the backend on every
     call, which costs more than the rest of a delivery; the hub needs them per
     event and per wake-up. These are the same clocks, found once.
     """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        return loop.time, functools.partial(_FutureWakeup, loop)
-    event_type: Callable[[], Wakeup] = type(anyio.Event())
-    if "trio" in sys.modules:
-        import trio
 
-        return trio.current_time, event_type
-    return anyio.current_time, event_type  # pragma: no cover - other backends
+    clock: Callable[[], float]
+    new_event: Callable[[], Wakeup]
+    loop: asyncio.AbstractEventLoop | None = None
+    """Set on asyncio: writers run as plain tasks of this loop (see ``Hub._start_writer``)."""
+
+    @classmethod
+    def current(cls) -> _Runtime:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            return cls(loop.time, functools.partial(_FutureWakeup, loop), loop)
+        event_type: Callable[[], Wakeup] = type(anyio.Event())
+        if "trio" in sys.modules:
+            import trio
+
+            return cls(trio.current_time, event_type)
+        return cls(anyio.current_time, event_type)  # pragma: no cover - other backends
 
 
 def _check_session_id(session_id: object) -> str:
@@ -219,6 +229,8 @@ class Hub:
         self._next_sweep = 0.0
         self._clock: Callable[[], float] = anyio.current_time
         self._new_event: Callable[[], Wakeup] = anyio.Event
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer_tasks: set[asyncio.Task[None]] = set()
         self._wakeup: Wakeup | None = None
         self._drained: anyio.Event | None = None
         self._closed: anyio.Event | None = None
@@ -243,7 +255,8 @@ class Hub:
     async def __aenter__(self) -> Self:
         if self._tg is not None:
             raise HubClosed("a Hub can be entered only once")
-        self._clock, self._new_event = _fast_primitives()
+        runtime = _Runtime.current()
+        self._clock, self._new_event, self._loop = runtime.clock, runtime.new_event, runtime.loop
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
@@ -298,6 +311,8 @@ class Hub:
             async with anyio.create_task_group() as tg:
                 for connection in stragglers:
                     tg.start_soon(self._close_sink, connection.sink, CLOSE_GOING_AWAY, SHUTDOWN)
+            if self._writer_tasks:  # forgotten above, so cancelled: they end at once
+                await asyncio.wait(self._writer_tasks)
             await self.broker.aclose()
         self._closed.set()
 
@@ -443,7 +458,9 @@ class Hub:
                 f"event for session {getattr(event, 'session_id', None)!r}"
                 f" passed for session {session_id!r}"
             )
-        await self._publish_in_order(event)
+        ack = self._sequence_in_order(event)
+        if ack is not None:
+            await ack
 
     async def broadcast_global(self, event: GlobalEvent) -> None:
         """Send an event to every connected client exactly once, subscribed or not."""
@@ -576,17 +593,21 @@ class Hub:
     # -- publishing --------------------------------------------------------
 
     async def _publish_in_order(self, event: SessionEvent) -> None:
+        ack = self._sequence_in_order(event)
+        if ack is not None:
+            await ack
+
+    def _sequence_in_order(self, event: SessionEvent) -> Awaitable[None] | None:
         """The ordering barrier: a session's pending deltas go before any other event of it.
 
-        Both are handed to the broker before the first await, so they are
-        sequenced in this order whatever else runs meanwhile.
+        Both are handed to the broker here, with no await between, so they are
+        sequenced in this order whatever else runs; the broker's acknowledgement
+        (if any) is returned for the caller to await.
         """
         batch = self._batcher.flush(event.session_id)
         if batch is not None:
             self._publish_batch(batch)
-        ack = self.broker.publish(event.session_id, encode(event), False)
-        if ack is not None:
-            await ack
+        return self.broker.publish(event.session_id, encode(event), False)
 
     def _publish_batch(self, batch: Batch) -> None:
         self._counters["batches"] += 1
@@ -652,7 +673,7 @@ class Hub:
                 connection.bytes_sent += len(text)
                 return
         connection.enqueue(item, len(text))
-        if connection.writer_scope is None and not connection.sending:
+        if connection.writer is None and not connection.sending:
             self._start_writer(connection)
         config = self.config
         if connection.over_limits(config.outbox_max_messages, config.outbox_max_bytes):
@@ -678,24 +699,47 @@ class Hub:
         logger.warning("closing slow connection %s: outbox over its limits", connection.id)
         self._close(connection, CLOSE_POLICY, "slow consumer: outbox limit exceeded")
 
-    async def _writer(self, connection: Connection) -> None:
+    def _start_writer(self, connection: Connection) -> None:
+        connection.sending = True
+        connection.parked_at = 0.0
+        if self._loop is None:
+            self._check_tg().start_soon(self._shielded_writer, connection)
+            return
+        # On asyncio a writer is a plain task: a task-group task costs several
+        # times more to start, and writers start in bursts (a batch flush that
+        # finds many retired writers). Nothing outside cancels a plain task, so
+        # it needs no shield; the hub ends it with cancel() and joins it in aclose().
+        task = self._loop.create_task(self._writer(connection))
+        connection.writer = task
+        self._writer_tasks.add(task)
+        task.add_done_callback(self._writer_done)
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        self._writer_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # pragma: no cover - a bug
+            logger.error("writer task failed", exc_info=task.exception())
+
+    async def _shielded_writer(self, connection: Connection) -> None:
         # Shielded from the surrounding scope so that a cancelled server still
         # drains what it accepted; the hub ends a writer by cancelling this scope.
+        with anyio.CancelScope(shield=True) as scope:
+            connection.writer = scope
+            await self._writer(connection)
+
+    async def _writer(self, connection: Connection) -> None:
         self._writers += 1
         if self._writers == 1 and self._next_sweep < self._wake_at:
             self._wake_scheduler()  # it sweeps idle writers only while there are some
         try:
-            with anyio.CancelScope(shield=True) as scope:
-                connection.writer_scope = scope
-                if not self._registry.is_connected(connection):
-                    return
-                try:
-                    retired = await self._write_loop(connection)
-                except Exception as exc:
-                    self._broken(connection, exc)
-                    return
-                if not retired:
-                    await self._close_drained(connection)
+            if not self._registry.is_connected(connection):
+                return
+            try:
+                retired = await self._write_loop(connection)
+            except Exception as exc:
+                self._broken(connection, exc)
+                return
+            if not retired:
+                await self._close_drained(connection)
         finally:
             self._writers -= 1
 
@@ -712,12 +756,12 @@ class Hub:
         while True:
             outbox = connection.outbox
             if not outbox:
-                outbox = connection.outbox = None  # an idle connection keeps no queue
                 connection.sending = False
                 if connection.closing:
                     return False
                 if connection.parked_at < 0:  # the sweep retired this writer
-                    connection.writer_scope = None
+                    connection.writer = None
+                    connection.outbox = None  # nor does an idle connection keep a queue
                     return True
                 connection.parked_at = self._clock()
                 wakeup = connection.wakeup = new_event()
@@ -745,13 +789,8 @@ class Hub:
         if wakeup is not None:
             connection.wakeup = None
             wakeup.set()
-        elif connection.writer_scope is None and not connection.sending:
+        elif connection.writer is None and not connection.sending:
             self._start_writer(connection)  # none running: it has nothing to drain, just closes
-
-    def _start_writer(self, connection: Connection) -> None:
-        connection.sending = True
-        connection.parked_at = 0.0
-        self._check_tg().start_soon(self._writer, connection)
 
     def _close(self, connection: Connection, code: int, reason: str) -> None:
         """Forget the connection now and close its sink in the background."""
@@ -781,8 +820,8 @@ class Hub:
         self._counters["bytes_sent"] += connection.bytes_sent
         connection.frames_sent = connection.bytes_sent = 0
         connection.closing = True
-        if connection.writer_scope is not None:
-            connection.writer_scope.cancel()
+        if connection.writer is not None:
+            connection.writer.cancel()
         if self._drained is not None and not self._registry.sink_count:
             self._drained.set()
         return True
