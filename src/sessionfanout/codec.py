@@ -171,35 +171,39 @@ def _compile_encoder(cls: type[Any], *, top: bool) -> Callable[[Any], str]:
     hints = typing.get_type_hints(cls)
     namespace: dict[str, Any] = {"esc": encode_basestring_ascii, "dumps": _dumps}
     lines = [f"def encode_{cls.__name__}(e):"]
+    # Required fields (they come first) join the opening in one expression;
+    # each optional one is appended only when set.
     opening = "{" + f'"type":{encode_basestring_ascii(cls.TYPE)},' if top else "{"
-    lines.append(f"    out = {opening!r}")
+    required = [repr(opening)]
     for index, field in enumerate(attrs.fields(cls)):
         kind = hints[field.name]
         optional = type(None) in typing.get_args(kind)
         if optional:
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         if kind is str or typing.get_origin(kind) is typing.Literal:
-            value = "esc(v)"
+            value = "esc({v})"
         elif kind is bool:
-            value = "('true' if v else 'false')"
+            value = "('true' if {v} else 'false')"
         elif kind is int:
-            value = "str(v)"
+            value = "str({v})"
         elif attrs.has(kind):
             namespace[f"nested{index}"] = _compile_encoder(kind, top=False)
-            value = f"nested{index}(v)"
+            value = f"nested{index}({{v}})"
         else:
-            value = "dumps(v)"
-        key = f'"{wire_name(field.name)}":'
-        separator = "" if index == 0 else ","
+            value = "dumps({v})"
+        key = repr(("," if index else "") + f'"{wire_name(field.name)}":')
+        if not optional:
+            # Omitted optional fields never leave a comma behind: none precedes these.
+            assert len(lines) == 1, f"{cls.__name__}: required fields must come first"
+            required += [key, value.format(v=f"e.{field.name}")]
+            continue
+        if len(lines) == 1:
+            lines.append(f"    out = {' + '.join(required)}")
         lines.append(f"    v = e.{field.name}")
-        indent = "    "
-        if optional:
-            # Omitted when None; the first field is never optional, so no
-            # leading comma can be left behind.
-            assert index, f"{cls.__name__}: the first field must be required"
-            lines.append("    if v is not None:")
-            indent = "        "
-        lines.append(f"{indent}out += {separator + key!r} + {value}")
+        lines.append("    if v is not None:")
+        lines.append(f"        out += {key} + {value.format(v='v')}")
+    if len(lines) == 1:
+        lines.append(f"    out = {' + '.join(required)}")
     lines.append("    return out + '}'")
     exec("\n".join(lines), namespace)
     encoder: Callable[[Any], str] = namespace[f"encode_{cls.__name__}"]

@@ -174,7 +174,10 @@ class _Runtime:
         except RuntimeError:
             pass
         else:
-            return cls(loop.time, functools.partial(_FutureWakeup, loop), loop)
+            clock = loop.time
+            if type(loop).time is asyncio.BaseEventLoop.time:
+                clock = time.monotonic  # what loop.time() returns, one call less
+            return cls(clock, functools.partial(_FutureWakeup, loop), loop)
         event_type: Callable[[], Wakeup] = type(anyio.Event())
         if "trio" in sys.modules:
             import trio
