@@ -26,6 +26,12 @@ def test_the_compiled_encoders_write_what_the_converter_says(event: Any) -> None
     assert expected == codec.encode(event)
 
 
+@given(strategies.session_ids, st.text(), st.none() | strategies.ids)
+def test_encode_delta_equals_encoding_the_event(session_id: str, delta: str, turn: Any) -> None:
+    expected = codec.encode(ev.TextDelta(session_id, delta, turn))
+    assert expected == codec.encode_delta(session_id, delta, turn)
+
+
 @given(strategies.client_messages)
 def test_every_client_message_round_trips(message: Any) -> None:
     wire = {"type": message.TYPE}

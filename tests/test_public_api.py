@@ -20,7 +20,7 @@ EXPECTED = {
     "SessionFanoutError", "SessionMismatch", "SessionState", "Sink", "SlowConsumerPolicy",
     "Subscribe", "Subscribed", "SubscriptionRegistry", "TextComplete", "TextDelta", "ToolResult",
     "ToolStart", "UnknownAgentEvent", "UnknownConnection", "UnknownEventPolicy", "Unsubscribe",
-    "Unsubscribed", "decode_client", "decode_server", "encode", "with_seq",
+    "Unsubscribed", "decode_client", "decode_server", "encode", "encode_delta", "with_seq",
 }  # fmt: skip
 
 

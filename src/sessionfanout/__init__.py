@@ -19,7 +19,14 @@ from .agent import (
 )
 from .batcher import Batch, DeltaBatcher
 from .broker import Broker, BrokerContext, LocalBroker, Receiver
-from .codec import DEFAULT_MAX_FRAME_BYTES, decode_client, decode_server, encode, with_seq
+from .codec import (
+    DEFAULT_MAX_FRAME_BYTES,
+    decode_client,
+    decode_server,
+    encode,
+    encode_delta,
+    with_seq,
+)
 from .config import AuthorizeHook, HubConfig, SlowConsumerPolicy
 from .connection import Connection, Sink
 from .envelope import Envelope, Signer
@@ -137,5 +144,6 @@ __all__ = (
     "decode_client",
     "decode_server",
     "encode",
+    "encode_delta",
     "with_seq",
 )

@@ -49,6 +49,7 @@ __all__ = (
     "decode_client",
     "decode_server",
     "encode",
+    "encode_delta",
     "with_seq",
 )
 
@@ -218,6 +219,14 @@ _encoders: Final[dict[type[Any], Callable[[Any], str]]] = {
 def encode(event: ServerEvent) -> str:
     """One compact JSON text frame. ASCII only, so ``len(text)`` is its size in bytes."""
     return _encoders[type(event)](event)
+
+
+def encode_delta(session_id: str, delta: str, turn_id: str | None) -> str:
+    """``encode(TextDelta(session_id, delta, turn_id))``, without making the
+    event: the hub encodes one per delta batch, the most frequent frame."""
+    esc = encode_basestring_ascii
+    head = f'{{"type":"text_delta","sessionId":{esc(session_id)},"delta":{esc(delta)}'
+    return f"{head}}}" if turn_id is None else f'{head},"turnId":{esc(turn_id)}}}'
 
 
 def with_seq(text: str, seq: int) -> str:

@@ -28,7 +28,7 @@ import attrs
 from .agent import PermissionDecision
 from .batcher import Batch, DeltaBatcher
 from .broker import Broker, BrokerContext, LocalBroker
-from .codec import decode_client, encode
+from .codec import decode_client, encode, encode_delta
 from .config import HubConfig, SlowConsumerPolicy
 from .connection import Connection, Frame, Queued, Sink, Wakeup, coalesce, text_of
 from .errors import (
@@ -614,10 +614,10 @@ class Hub:
 
     def _publish_batch(self, batch: Batch) -> None:
         self._counters["batches"] += 1
-        event = TextDelta(batch.session_id, batch.text, batch.turn_id)
+        body = encode_delta(batch.session_id, batch.text, batch.turn_id)
         try:
             # Nobody waits for a batch; a backplane that fails it logs and counts it.
-            self.broker.publish(batch.session_id, encode(event), True)
+            self.broker.publish(batch.session_id, body, True)
         except BrokerUnavailable as exc:
             self._counters["lost_batches"] += 1
             logger.warning("delta batch for %s not published: %s", batch.session_id, exc)
