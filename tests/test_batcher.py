@@ -29,11 +29,30 @@ operations = st.lists(
 
 
 class Checker:
-    """Expects every added character, with its turn, out in order, once, on time."""
+    """Expects every added character, with its turn, out in order, once, on time;
+    ``due`` emits no sooner than ``early`` before a deadline, and a session's
+    batches from ``due`` (with nothing forced out between) an interval apart."""
 
-    def __init__(self) -> None:
+    def __init__(self, early: float = 0.0) -> None:
         self.expected: dict[str, deque[tuple[str, str | None, float]]] = {}
         self.emitted = 0
+        self.early = early
+        self.last_due: dict[str, float] = {}
+
+    def due(self, batches: Any, now: float) -> None:
+        for batch in batches:
+            first_added = self.expected[batch.session_id][0][2]
+            assert now >= first_added + INTERVAL - self.early - 1e-9, "not too early"
+            previous = self.last_due.get(batch.session_id)
+            if previous is not None:
+                assert now - previous >= INTERVAL - 1e-9, "one batch per interval"
+            self.last_due[batch.session_id] = now
+        self.out(batches, now)
+
+    def forced(self, batches: Any, now: float, *, on_time: bool = True) -> None:
+        for batch in batches:
+            self.last_due.pop(batch.session_id, None)
+        self.out(batches, now, on_time=on_time)
 
     def added(self, session: str, text: str, turn: str | None, now: float) -> None:
         queue = self.expected.setdefault(session, deque())
@@ -54,19 +73,20 @@ class Checker:
 
 
 @settings(max_examples=300)
-@given(operations)
-def test_batcher_invariants_under_a_virtual_clock(ops: list[Any]) -> None:
+@given(operations, st.sampled_from([0.0, 0.01, INTERVAL]))
+def test_batcher_invariants_under_a_virtual_clock(ops: list[Any], early: float) -> None:
     """No loss, reorder or duplicate; turn changes split; the cap holds; every
-    delta goes out within the interval when due() is called on time."""
-    batcher = DeltaBatcher(INTERVAL, MAX_CHARS)
-    checker = Checker()
+    delta goes out within the interval when due() is called on time, no sooner
+    than ``early`` before, and one batch per interval from a streaming session."""
+    batcher = DeltaBatcher(INTERVAL, MAX_CHARS, early)
+    checker = Checker(early)
     now = 0.0
 
     def advance_to(target: float) -> None:
         nonlocal now
         while (deadline := batcher.next_deadline()) is not None and deadline <= target:
             now = max(now, deadline)
-            checker.out(batcher.due(now), now)
+            checker.due(batcher.due(now), now)
         now = target
 
     for op in ops:
@@ -74,13 +94,13 @@ def test_batcher_invariants_under_a_virtual_clock(ops: list[Any]) -> None:
             _, session, text, turn, step = op
             advance_to(now + step)
             checker.added(session, text, turn, now)
-            checker.out(batcher.add(session, text, turn, now), now)
+            checker.forced(batcher.add(session, text, turn, now), now)
         elif op[0] == "flush":
             batch = batcher.flush(op[1])
-            checker.out([batch] if batch else [], now)
+            checker.forced([batch] if batch else [], now)
         else:
             advance_to(now + op[1])
-    checker.out(batcher.flush_all(), now, on_time=False)
+    checker.forced(batcher.flush_all(), now, on_time=False)
     assert all(not queue for queue in checker.expected.values()), "everything came out"
     assert 0 == len(batcher)
     assert batcher.next_deadline() is None
@@ -140,7 +160,23 @@ def test_a_clock_stepping_back_cannot_reorder_deadlines() -> None:
     assert [Batch("a", "1", None), Batch("b", "2", None)] == batcher.due(10.05)
 
 
-@pytest.mark.parametrize(("interval", "max_chars"), [(-1, 10), (0.05, 0), (float("nan"), 10)])
-def test_bad_settings_are_refused(interval: float, max_chars: int) -> None:
+def test_early_lets_a_batch_go_before_its_deadline_but_not_within_an_interval() -> None:
+    batcher = DeltaBatcher(0.05, 100, early=0.01)
+    batcher.add("s", "a", None, 0.0)
+    assert 0.04 == batcher.next_deadline()
+    assert [Batch("s", "a", None)] == batcher.due(0.04)
+    batcher.add("s", "b", None, 0.041)  # streaming on: held to one batch per interval
+    assert pytest.approx(0.09) == batcher.next_deadline()
+    assert [] == batcher.due(0.085)
+    assert [Batch("s", "b", None)] == batcher.due(0.09)
+    batcher.add("s", "c", None, 0.5)  # after a pause: early again
+    assert pytest.approx(0.54) == batcher.next_deadline()
+
+
+@pytest.mark.parametrize(
+    ("interval", "max_chars", "early"),
+    [(-1, 10, 0), (0.05, 0, 0), (float("nan"), 10, 0), (0.05, 10, -0.01), (0.05, 10, 0.06)],
+)
+def test_bad_settings_are_refused(interval: float, max_chars: int, early: float) -> None:
     with pytest.raises(InvalidArgument):
-        DeltaBatcher(interval, max_chars)
+        DeltaBatcher(interval, max_chars, early)

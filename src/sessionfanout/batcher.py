@@ -11,6 +11,11 @@ first delta's time plus one constant interval, so deadlines arrive in order
 and one FIFO of (deadline, session) holds them all (a timing wheel with one
 slot): no timer per session, O(1) per add. Entries whose batch was already
 emitted are skipped when they reach the front.
+
+``early`` lets ``due`` emit a batch up to that long before its deadline, so
+that a driver woken late by a busy event loop is not late, but never sooner
+than ``interval`` after the session's previous batch from ``due``: a session
+streaming without pause still gets at most one frame per interval.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ class Batch:
 class _Pending:
     turn_id: str | None
     deadline: float
+    emit_at: float
+    """When ``due`` may emit it: ``early`` before the deadline, but not within
+    ``interval`` of the session's previous batch from ``due``."""
     parts: list[str]
     chars: int
 
@@ -51,17 +59,31 @@ class _Pending:
 class DeltaBatcher:
     """Pending delta text per session; call ``due(now)`` by ``next_deadline()``."""
 
-    __slots__ = ("_deadlines", "_last_now", "_pending", "interval", "max_chars")
+    __slots__ = (
+        "_deadlines",
+        "_emitted",
+        "_last_now",
+        "_pending",
+        "early",
+        "interval",
+        "max_chars",
+    )
 
-    def __init__(self, interval: float = 0.05, max_chars: int = 16384) -> None:
+    def __init__(self, interval: float = 0.05, max_chars: int = 16384, early: float = 0.0) -> None:
         if not interval >= 0:
             raise InvalidArgument(f"interval must be >= 0, got {interval!r}")
         if max_chars < 1:
             raise InvalidArgument(f"max_chars must be >= 1, got {max_chars!r}")
+        if not 0 <= early <= interval:
+            raise InvalidArgument(f"early must be between 0 and interval, got {early!r}")
         self.interval = interval
         self.max_chars = max_chars
+        self.early = early
         self._pending: dict[str, _Pending] = {}
         self._deadlines: deque[tuple[float, str, _Pending]] = deque()
+        # When due() last emitted each session's batch, oldest first; kept only
+        # while it can still hold a new batch back (``early`` long).
+        self._emitted: dict[str, float] = {}
         self._last_now = float("-inf")
 
     def add(self, session_id: str, text: str, turn_id: str | None, now: float) -> Sequence[Batch]:
@@ -111,22 +133,41 @@ class DeltaBatcher:
         if now < self._last_now:
             now = self._last_now
         self._last_now = now
-        pending = _Pending(turn_id, now + self.interval, [text], len(text))
+        deadline = now + self.interval
+        emit_at = deadline - self.early
+        previous = self._emitted.pop(session_id, None)
+        if previous is not None and previous + self.interval > emit_at:
+            emit_at = min(deadline, previous + self.interval)
+        pending = _Pending(turn_id, deadline, emit_at, [text], len(text))
         self._pending[session_id] = pending
-        self._deadlines.append((pending.deadline, session_id, pending))
+        self._deadlines.append((deadline, session_id, pending))
 
     def _pop(self, session_id: str, pending: _Pending) -> Batch:
         del self._pending[session_id]
         return pending.to_batch(session_id)
 
     def due(self, now: float) -> list[Batch]:
-        """Emit every batch whose deadline is ``<= now``, oldest first."""
+        """Emit the batches that may go at ``now``, oldest first: every one
+        whose deadline is ``<= now``, and those ahead of it that ``early``
+        allows."""
         out: list[Batch] = []
         deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
-            _, session_id, pending = deadlines.popleft()
-            if self._pending.get(session_id) is pending:
-                out.append(self._pop(session_id, pending))
+        emitted = self._emitted
+        while deadlines:
+            _, session_id, pending = deadlines[0]
+            if self._pending.get(session_id) is not pending:
+                deadlines.popleft()  # emitted already (flush, turn change, cap)
+                continue
+            if pending.emit_at > now:
+                # Later entries wait too; none of them is late, since every
+                # deadline behind this one is later than its emit_at.
+                break
+            deadlines.popleft()
+            out.append(self._pop(session_id, pending))
+            emitted[session_id] = now
+        horizon = now - self.early
+        while emitted and next(iter(emitted.values())) <= horizon:
+            del emitted[next(iter(emitted))]
         return out
 
     def flush(self, session_id: str) -> Batch | None:
@@ -141,6 +182,7 @@ class DeltaBatcher:
         out = [p.to_batch(s) for s, p in self._pending.items()]
         self._pending.clear()
         self._deadlines.clear()
+        self._emitted.clear()
         return out
 
     def next_deadline(self) -> float | None:
@@ -148,7 +190,7 @@ class DeltaBatcher:
         deadlines = self._deadlines
         while deadlines and self._pending.get(deadlines[0][1]) is not deadlines[0][2]:
             deadlines.popleft()
-        return deadlines[0][0] if deadlines else None
+        return deadlines[0][2].emit_at if deadlines else None
 
     def __len__(self) -> int:
         """Sessions with pending text."""

@@ -78,9 +78,10 @@ CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
 ABORTED = "aborted"
 SHUTDOWN = "server shutting down"
-BATCH_SLACK = 0.2
-"""A batch may go out this fraction of ``batch_interval`` early, when the
-scheduler is awake anyway, so that event-loop lag does not make it late."""
+BATCH_EARLY = 0.2
+"""A batch may go out this fraction of ``batch_interval`` early (but never
+sooner than ``batch_interval`` after its session's previous one), so that a
+wake-up made late by a busy event loop does not make the batch late."""
 
 
 @attrs.frozen
@@ -215,7 +216,10 @@ class Hub:
         self.transformer = transformer or EventTransformer()
         self.broker: Broker = broker or LocalBroker()
         self._registry: SubscriptionRegistry[Connection] = SubscriptionRegistry()
-        self._batcher = DeltaBatcher(config.batch_interval, config.max_batch_chars)
+        early = config.batch_interval * BATCH_EARLY
+        self._batcher = DeltaBatcher(config.batch_interval, config.max_batch_chars, early)
+        self._batch_wait = config.batch_interval - early
+        """The shortest a new batch waits: sooner than that, no need to wake the scheduler."""
         self._history = History(
             max_events=config.history_max_events,
             max_bytes=config.history_max_bytes,
@@ -227,7 +231,6 @@ class Hub:
         self._tg: anyio.abc.TaskGroup | None = None
         self._running = False
         self._wake_at = math.inf
-        self._batch_slack = config.batch_interval * BATCH_SLACK
         self._writers = 0
         self._next_sweep = 0.0
         self._clock: Callable[[], float] = anyio.current_time
@@ -485,7 +488,7 @@ class Hub:
         now = self._clock()
         for batch in self._batcher.add(session_id, text, turn_id, now):
             self._publish_batch(batch)
-        if now + self.config.batch_interval < self._wake_at:
+        if now + self._batch_wait < self._wake_at:
             self._wake_scheduler()
 
     async def flush_delta(self, session_id: str) -> None:
@@ -844,8 +847,6 @@ class Hub:
             if self._writers:
                 deadlines += (self._next_sweep,)
             self._wake_at = min((d for d in deadlines if d is not None), default=math.inf)
-            if deadlines[0] is not None and deadlines[0] - self._batch_slack <= self._wake_at:
-                self._wake_at = deadlines[0] - self._batch_slack
             wakeup = self._wakeup = self._new_event()
             with anyio.move_on_after(self._wake_at - now):
                 await wakeup.wait()
@@ -856,9 +857,7 @@ class Hub:
             self._wakeup.set()
 
     async def _run_due(self, now: float) -> None:
-        # Batches a little early rather than late: on a busy loop a wake-up
-        # comes late, and the batch interval is a bound users rely on.
-        for batch in self._batcher.due(now + self._batch_slack):
+        for batch in self._batcher.due(now):
             self._publish_batch(batch)
         for pending in self._permissions.expired(now):
             if not self._running:
