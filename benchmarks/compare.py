@@ -417,36 +417,56 @@ async def memory(sessions: int, subscribers: int, only: list[str]) -> list[dict[
     return rows
 
 
+async def idle_writers_retired(hub: Hub) -> None:
+    """Writers retire after ``writer_idle_seconds`` idle; wait until all have."""
+    # Polling on purpose: a statistics snapshot has no event to wait on.
+    while hub.statistics().writers:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+
+
 async def hub_memory(sessions: int, subscribers: int, direct: bool) -> dict[str, float]:
-    """Our two figures apart: an idle connection, then an idle subscription of it.
+    """Our figures apart: an idle connection, then an idle subscription of it.
 
     ``direct``: sinks that take frames with ``try_send``; otherwise every frame
-    goes through a writer task, measured once idle writers have retired.
+    goes through a writer task: measured once idle writers have retired, and
+    (in a second hub) with every writer parked, waiting for a frame.
     """
     count = sessions * subscribers
-    config = HubConfig(client_rate=None, writer_idle_seconds=0.2)
-    async with Hub(config) as hub:
-        sinks = [CountingSink(0, lambda: None) for _ in range(count)]
-        if not direct:
-            sinks = [WriterOnly(sink) for sink in sinks]
-        gc.collect()
-        tracemalloc.start()
-        base = tracemalloc.get_traced_memory()[0]
-        connections = [await hub.connect(sink) for sink in sinks]
-        await asyncio.sleep(0.6)  # writers retire after 0.2 to 0.4 s idle
-        gc.collect()
-        connected = tracemalloc.get_traced_memory()[0]
-        for n, connection in enumerate(connections):
-            frame = json.dumps({"type": "subscribe", "sessionId": f"session-{n % sessions}"})
-            await hub.handle_message(connection, frame)
-        await asyncio.sleep(0.6)
-        gc.collect()
-        subscribed = tracemalloc.get_traced_memory()[0]
-        tracemalloc.stop()
-    return {
-        "idle_connection_bytes": (connected - base) / count,
-        "idle_subscription_bytes": (subscribed - connected) / count,
-    }
+    figures: dict[str, float] = {}
+    for parked in (False, True) if not direct else (False,):
+        idle_seconds = 3600.0 if parked else 0.2
+        config = HubConfig(client_rate=None, writer_idle_seconds=idle_seconds)
+        async with Hub(config) as hub:
+            sinks = [CountingSink(0, lambda: None) for _ in range(count)]
+            if not direct:
+                sinks = [WriterOnly(sink) for sink in sinks]
+            gc.collect()
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            connections = [await hub.connect(sink) for sink in sinks]
+            if parked:
+                # Every writer has sent its connection's first frame and waits.
+                while hub.statistics().frames_sent < count:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+                gc.collect()
+                figures["connection_with_parked_writer_bytes"] = (
+                    tracemalloc.get_traced_memory()[0] - base
+                ) / count
+                tracemalloc.stop()
+                continue
+            await idle_writers_retired(hub)
+            gc.collect()
+            connected = tracemalloc.get_traced_memory()[0]
+            for n, connection in enumerate(connections):
+                frame = json.dumps({"type": "subscribe", "sessionId": f"session-{n % sessions}"})
+                await hub.handle_message(connection, frame)
+            await idle_writers_retired(hub)
+            gc.collect()
+            subscribed = tracemalloc.get_traced_memory()[0]
+            tracemalloc.stop()
+        figures["idle_connection_bytes"] = (connected - base) / count
+        figures["idle_subscription_bytes"] = (subscribed - connected) / count
+    return figures
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -472,6 +492,11 @@ async def main(args: argparse.Namespace) -> None:
                 f" {figures['idle_connection_bytes']:,.0f} B, idle subscription of a connection"
                 f" {figures['idle_subscription_bytes']:,.0f} B"
             )
+            if "connection_with_parked_writer_bytes" in figures:
+                print(
+                    "    idle connection whose writer still waits (before it retires):"
+                    f" {figures['connection_with_parked_writer_bytes']:,.0f} B"
+                )
     if not args.no_batching:
         from fanout import batching_table
 

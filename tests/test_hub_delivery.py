@@ -365,12 +365,12 @@ async def test_an_idle_writer_retires_and_a_new_one_starts_when_needed() -> None
     async with Hub(config) as hub:
         connection, sink = await connect(hub)  # no try_send: every frame needs a writer
         await subscribe(hub, connection, "s")
-        assert connection.writer is not None
-        await wait_for(lambda: connection.writer is None)
+        assert 1 == hub.statistics().writers
+        await wait_for(lambda: hub.statistics().writers == 0)
         for n in range(3):
             await hub.broadcast_to_session("s", ToolResult("s", str(n), "t", "x"))
         await wait_for(lambda: len(sink.of_type("tool_result")) == 3)
-        assert connection.writer is not None
-        await wait_for(lambda: connection.writer is None)
+        assert 1 == hub.statistics().writers
+        await wait_for(lambda: hub.statistics().writers == 0)
     assert ["0", "1", "2"] == [f["toolUseId"] for f in sink.of_type("tool_result")]
     assert (1001, "server shutting down") == sink.closed

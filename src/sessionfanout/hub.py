@@ -106,6 +106,8 @@ class HubStatistics:
     pending_deltas: int
     """Sessions with delta text waiting to be batched."""
     pending_permissions: int
+    writers: int
+    """Connections with a writer task (the others are idle, or written to directly)."""
     frames_sent: int
     bytes_sent: int
     batches: int
@@ -132,25 +134,22 @@ class _Waiter:
     decision: PermissionDecision | None = None
 
 
-class _FutureWakeup:
-    """A one-shot wake-up on asyncio: one bare future.
+class _FutureWakeup(asyncio.Future[None]):
+    """A one-shot wake-up on asyncio: a bare future that can ``set()``.
 
     An ``anyio.Event`` is three objects and about 1.5 KB per wait (its
     asyncio.Event keeps a deque of waiters); a parked writer needs neither.
     Cancellation works as for any awaited future.
     """
 
-    __slots__ = ("_future",)
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._future: asyncio.Future[None] = loop.create_future()
+    __slots__ = ()
 
     def set(self) -> None:
-        if not self._future.done():
-            self._future.set_result(None)
+        if not self.done():
+            self.set_result(None)
 
     def wait(self) -> Awaitable[None]:
-        return self._future
+        return self
 
 
 @attrs.frozen
@@ -178,7 +177,7 @@ class _Runtime:
             clock = loop.time
             if type(loop).time is asyncio.BaseEventLoop.time:
                 clock = time.monotonic  # what loop.time() returns, one call less
-            return cls(clock, functools.partial(_FutureWakeup, loop), loop)
+            return cls(clock, functools.partial(_FutureWakeup, loop=loop), loop)
         event_type: Callable[[], Wakeup] = type(anyio.Event())
         if "trio" in sys.modules:
             import trio
@@ -237,6 +236,7 @@ class Hub:
         self._new_event: Callable[[], Wakeup] = anyio.Event
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer_tasks: set[asyncio.Task[None]] = set()
+        self._on_writer_done = self._writer_done  # bound once, not per writer
         self._wakeup: Wakeup | None = None
         self._drained: anyio.Event | None = None
         self._closed: anyio.Event | None = None
@@ -708,6 +708,9 @@ class Hub:
     def _start_writer(self, connection: Connection) -> None:
         connection.sending = True
         connection.parked_at = 0.0
+        self._writers += 1
+        if self._writers == 1 and self._next_sweep < self._wake_at:
+            self._wake_scheduler()  # it sweeps idle writers only while there are some
         if self._loop is None:
             self._check_tg().start_soon(self._shielded_writer, connection)
             return
@@ -718,9 +721,10 @@ class Hub:
         task = self._loop.create_task(self._writer(connection))
         connection.writer = task
         self._writer_tasks.add(task)
-        task.add_done_callback(self._writer_done)
+        task.add_done_callback(self._on_writer_done)
 
     def _writer_done(self, task: asyncio.Task[None]) -> None:
+        self._writers -= 1
         self._writer_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:  # pragma: no cover - a bug
             logger.error("writer task failed", exc_info=task.exception())
@@ -728,56 +732,53 @@ class Hub:
     async def _shielded_writer(self, connection: Connection) -> None:
         # Shielded from the surrounding scope so that a cancelled server still
         # drains what it accepted; the hub ends a writer by cancelling this scope.
-        with anyio.CancelScope(shield=True) as scope:
-            connection.writer = scope
-            await self._writer(connection)
-
-    async def _writer(self, connection: Connection) -> None:
-        self._writers += 1
-        if self._writers == 1 and self._next_sweep < self._wake_at:
-            self._wake_scheduler()  # it sweeps idle writers only while there are some
         try:
-            if not self._registry.is_connected(connection):
-                return
-            try:
-                retired = await self._write_loop(connection)
-            except Exception as exc:
-                self._broken(connection, exc)
-                return
-            if not retired:
-                await self._close_drained(connection)
+            with anyio.CancelScope(shield=True) as scope:
+                connection.writer = scope
+                await self._writer(connection)
         finally:
             self._writers -= 1
+
+    async def _writer(self, connection: Connection) -> None:
+        """Send from the outbox until the hub closes or the sweep retires this
+        writer idle. One coroutine, not a loop in a helper: a parked writer is
+        one frame, and a wake-up resumes one."""
+        if not self._registry.is_connected(connection):
+            return
+        sink = connection.sink
+        try:
+            while True:
+                outbox = connection.outbox
+                if outbox:
+                    text = text_of(outbox.popleft())
+                    connection.queued_bytes -= len(text)
+                    await sink.send(text)
+                    connection.frames_sent += 1
+                    connection.bytes_sent += len(text)
+                    del text  # a waiting writer holds no frame
+                    continue
+                # Nothing to send: a waiting connection keeps no queue (a
+                # deque is most of its size); the next frame makes one.
+                outbox = connection.outbox = None
+                connection.sending = False
+                if connection.closing:
+                    break
+                if connection.parked_at < 0:  # the sweep retired this writer
+                    connection.writer = None
+                    return
+                connection.parked_at = self._clock()
+                wakeup = connection.wakeup = self._new_event()
+                await wakeup.wait()
+        except Exception as exc:
+            self._broken(connection, exc)
+            return
+        await self._close_drained(connection)
 
     async def _close_drained(self, connection: Connection) -> None:
         """Hub shutdown, the outbox drained: close the sink, then forget it (in
         this order, so that aclose() returns once every drained sink is closed)."""
         await self._close_sink(connection.sink, CLOSE_GOING_AWAY, SHUTDOWN)
         self._forget(connection)
-
-    async def _write_loop(self, connection: Connection) -> bool:
-        """Send until the hub closes (False) or the writer is retired idle (True)."""
-        sink = connection.sink
-        new_event = self._new_event
-        while True:
-            outbox = connection.outbox
-            if not outbox:
-                connection.sending = False
-                if connection.closing:
-                    return False
-                if connection.parked_at < 0:  # the sweep retired this writer
-                    connection.writer = None
-                    connection.outbox = None  # nor does an idle connection keep a queue
-                    return True
-                connection.parked_at = self._clock()
-                wakeup = connection.wakeup = new_event()
-                await wakeup.wait()
-                continue
-            text = text_of(outbox.popleft())
-            connection.queued_bytes -= len(text)
-            await sink.send(text)
-            connection.frames_sent += 1
-            connection.bytes_sent += len(text)
 
     def _retire_idle_writers(self, now: float) -> None:
         """End the writers parked for ``writer_idle_seconds``: an idle connection
@@ -911,6 +912,7 @@ class Hub:
             known_sessions=len(self._history),
             pending_deltas=len(self._batcher),
             pending_permissions=len(self._permissions),
+            writers=self._writers,
             frames_sent=counters["frames_sent"] + sum(c.frames_sent for c in connections),
             bytes_sent=counters["bytes_sent"] + sum(c.bytes_sent for c in connections),
             batches=counters["batches"],

@@ -23,6 +23,12 @@ __all__ = ("SubscriptionRegistry",)
 S = TypeVar("S", bound=Hashable)
 
 _EMPTY: frozenset[Any] = frozenset()
+_NO_SESSIONS: frozenset[str] = frozenset()
+
+_Sessions = str | set[str] | frozenset[str]
+"""A sink's sessions: none (one shared empty frozenset), exactly one (the id
+itself), or a set of two or more. A connection on one session, the common
+case, then costs no set of its own."""
 
 
 class SubscriptionRegistry(Generic[S]):
@@ -32,12 +38,12 @@ class SubscriptionRegistry(Generic[S]):
 
     def __init__(self) -> None:
         self._by_session: dict[str, set[S]] = {}
-        self._by_sink: dict[S, set[str]] = {}
+        self._by_sink: dict[S, _Sessions] = {}
         self._subscriptions = 0
 
     def connect(self, sink: S) -> None:
         """Register a sink with no subscriptions; idempotent."""
-        self._by_sink.setdefault(sink, set())
+        self._by_sink.setdefault(sink, _NO_SESSIONS)
 
     def subscribe(self, sink: S, session_id: str) -> bool:
         """Subscribe; return True when ``sink`` is the session's first subscriber.
@@ -47,9 +53,16 @@ class SubscriptionRegistry(Generic[S]):
         sessions = self._by_sink.get(sink)
         if sessions is None:
             raise UnknownConnection(f"sink {sink!r} is not connected")
-        if session_id in sessions:
+        if isinstance(sessions, str):
+            if sessions == session_id:
+                return False
+            self._by_sink[sink] = {sessions, session_id}
+        elif session_id in sessions:
             return False
-        sessions.add(session_id)
+        elif isinstance(sessions, set):
+            sessions.add(session_id)
+        else:
+            self._by_sink[sink] = session_id
         self._subscriptions += 1
         sinks = self._by_session.get(session_id)
         if sinks is None:
@@ -63,10 +76,15 @@ class SubscriptionRegistry(Generic[S]):
 
         Idempotent: unsubscribing what is not subscribed returns False.
         """
-        sessions = self._by_sink.get(sink)
-        if sessions is None or session_id not in sessions:
+        if not self.is_subscribed(sink, session_id):
             return False
-        sessions.discard(session_id)
+        sessions = self._by_sink[sink]
+        if isinstance(sessions, set):
+            sessions.discard(session_id)
+            if len(sessions) == 1:
+                self._by_sink[sink] = next(iter(sessions))
+        else:
+            self._by_sink[sink] = _NO_SESSIONS
         self._subscriptions -= 1
         return self._remove_from_session(sink, session_id)
 
@@ -75,8 +93,9 @@ class SubscriptionRegistry(Generic[S]):
         sessions = self._by_sink.pop(sink, None)
         if not sessions:
             return []
-        self._subscriptions -= len(sessions)
-        return [s for s in sessions if self._remove_from_session(sink, s)]
+        members = (sessions,) if isinstance(sessions, str) else tuple(sessions)
+        self._subscriptions -= len(members)
+        return [s for s in members if self._remove_from_session(sink, s)]
 
     def _remove_from_session(self, sink: S, session_id: str) -> bool:
         sinks = self._by_session[session_id]
@@ -92,10 +111,12 @@ class SubscriptionRegistry(Generic[S]):
 
     def sessions_of(self, sink: S) -> Set[str]:
         """The sessions ``sink`` is subscribed to (empty if it is not connected)."""
-        return self._by_sink.get(sink, _EMPTY)
+        sessions = self._by_sink.get(sink, _NO_SESSIONS)
+        return frozenset((sessions,)) if isinstance(sessions, str) else sessions
 
     def is_subscribed(self, sink: S, session_id: str) -> bool:
-        return session_id in self._by_sink.get(sink, _EMPTY)
+        sessions = self._by_sink.get(sink, _NO_SESSIONS)
+        return sessions == session_id if isinstance(sessions, str) else session_id in sessions
 
     def has_subscribers(self, session_id: str) -> bool:
         return session_id in self._by_session
