@@ -633,10 +633,13 @@ class Hub:
 
     def deliver(self, session_id: str, seq: int, text: str, is_delta: bool) -> None:
         """Receiver: enqueue a numbered session event for the session's subscribers."""
-        frame = Frame(text, session_id, is_delta)
+        frame: Frame | None = None
         # A copy: the overflow policy may drop a connection mid-loop.
         for connection in tuple(self._registry.sinks_of(session_id)):
-            self._enqueue(connection, frame)
+            if not self._sent_directly(connection, text):
+                if frame is None:  # made once, shared by every outbox it waits in
+                    frame = Frame(text, session_id, is_delta)
+                self._queue(connection, frame, len(text))
 
     def deliver_global(self, text: str) -> None:
         """Receiver: enqueue a global event for every connection."""
@@ -665,20 +668,28 @@ class Hub:
     def _reply(self, connection: Connection, event: ServerEvent) -> None:
         self._enqueue(connection, encode(event))
 
-    def _enqueue(self, connection: Connection, item: Queued) -> None:
-        text = item if type(item) is str else item.text  # type: ignore[union-attr]
-        if connection.try_send is not None and not connection.sending and not connection.outbox:
-            # Idle and the transport may have room: write now, no queue, no wake-up.
-            try:
-                sent = connection.try_send(text)
-            except Exception as exc:
-                self._broken(connection, exc)
-                return
-            if sent:
-                connection.frames_sent += 1
-                connection.bytes_sent += len(text)
-                return
-        connection.enqueue(item, len(text))
+    def _enqueue(self, connection: Connection, text: str) -> None:
+        if not self._sent_directly(connection, text):
+            self._queue(connection, text, len(text))
+
+    def _sent_directly(self, connection: Connection, text: str) -> bool:
+        """Write now if the connection is idle and its sink takes frames directly:
+        no queue, no wake-up. False when the frame has to be queued."""
+        try_send = connection.try_send
+        if try_send is None or connection.sending or connection.outbox:
+            return False
+        try:
+            sent = try_send(text)
+        except Exception as exc:
+            self._broken(connection, exc)
+            return True  # gone with its connection
+        if sent:
+            connection.frames_sent += 1
+            connection.bytes_sent += len(text)
+        return sent
+
+    def _queue(self, connection: Connection, item: Queued, size: int) -> None:
+        connection.enqueue(item, size)
         if connection.writer is None and not connection.sending:
             self._start_writer(connection)
         config = self.config
