@@ -18,7 +18,7 @@ import math
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
 
@@ -431,7 +431,7 @@ class Hub:
         self._registry.subscribe(connection, session_id)
         self._reply(connection, Subscribed(session_id, state.seq, state.epoch, replay is not None))
         for text in replay or ():
-            self._enqueue(connection, text)
+            self._fan_out((connection,), text)
 
     async def _authorized(self, connection: Connection, session_id: str) -> bool:
         hook = self.config.authorize
@@ -457,8 +457,11 @@ class Hub:
 
     async def broadcast_to_session(self, session_id: str, event: SessionEvent) -> None:
         """Publish a session event to the session's subscribers, after its pending deltas."""
-        self._check_running()
-        _check_session_id(session_id)
+        # The checks inline, their errors out of line: this runs for every event.
+        if not self._running:
+            self._check_running()
+        if type(session_id) is not str or not 0 < len(session_id) <= MAX_ID_LENGTH:
+            _check_session_id(session_id)
         if getattr(event, "session_id", None) != session_id:
             raise SessionMismatch(
                 f"event for session {getattr(event, 'session_id', None)!r}"
@@ -479,8 +482,10 @@ class Hub:
 
     async def queue_delta(self, session_id: str, text: str, turn_id: str | None = None) -> None:
         """Queue streamed text; it goes out coalesced within ``batch_interval``."""
-        self._check_running()
-        _check_session_id(session_id)
+        if not self._running:
+            self._check_running()
+        if type(session_id) is not str or not 0 < len(session_id) <= MAX_ID_LENGTH:
+            _check_session_id(session_id)
         if not isinstance(text, str):
             raise InvalidArgument(f"delta text must be a string, got {type(text).__name__}")
         if not self.broker.available:
@@ -633,18 +638,12 @@ class Hub:
 
     def deliver(self, session_id: str, seq: int, text: str, is_delta: bool) -> None:
         """Receiver: enqueue a numbered session event for the session's subscribers."""
-        frame: Frame | None = None
         # A copy: the overflow policy may drop a connection mid-loop.
-        for connection in tuple(self._registry.sinks_of(session_id)):
-            if not self._sent_directly(connection, text):
-                if frame is None:  # made once, shared by every outbox it waits in
-                    frame = Frame(text, session_id, is_delta)
-                self._queue(connection, frame, len(text))
+        self._fan_out(tuple(self._registry.sinks_of(session_id)), text, session_id, is_delta)
 
     def deliver_global(self, text: str) -> None:
         """Receiver: enqueue a global event for every connection."""
-        for connection in tuple(self._registry.sinks()):
-            self._enqueue(connection, text)
+        self._fan_out(tuple(self._registry.sinks()), text)
 
     def resync(self, session_id: str) -> None:
         """Receiver: events were lost; ``subscribed`` with ``resumed: false`` tells
@@ -652,8 +651,7 @@ class Hub:
         self._counters["resyncs"] += 1
         state = self._history.state(session_id, self._clock())
         text = encode(Subscribed(session_id, state.seq, state.epoch, False))
-        for connection in tuple(self._registry.sinks_of(session_id)):
-            self._enqueue(connection, text)
+        self._fan_out(tuple(self._registry.sinks_of(session_id)), text)
 
     def decided(self, request_id: str, decision: PermissionDecision) -> None:
         """Receiver: a permission request was decided."""
@@ -666,27 +664,36 @@ class Hub:
     # -- delivery ----------------------------------------------------------
 
     def _reply(self, connection: Connection, event: ServerEvent) -> None:
-        self._enqueue(connection, encode(event))
+        self._fan_out((connection,), encode(event))
 
-    def _enqueue(self, connection: Connection, text: str) -> None:
-        if not self._sent_directly(connection, text):
-            self._queue(connection, text, len(text))
-
-    def _sent_directly(self, connection: Connection, text: str) -> bool:
-        """Write now if the connection is idle and its sink takes frames directly:
-        no queue, no wake-up. False when the frame has to be queued."""
-        try_send = connection.try_send
-        if try_send is None or connection.sending or connection.outbox:
-            return False
-        try:
-            sent = try_send(text)
-        except Exception as exc:
-            self._broken(connection, exc)
-            return True  # gone with its connection
-        if sent:
-            connection.frames_sent += 1
-            connection.bytes_sent += len(text)
-        return sent
+    def _fan_out(
+        self,
+        connections: Iterable[Connection],
+        text: str,
+        session_id: str | None = None,
+        is_delta: bool = False,
+    ) -> None:
+        """Send ``text`` to each connection: straight to an idle sink that takes
+        frames directly (no queue, no wake-up), else through its outbox. A
+        session event is queued as one ``Frame`` shared by every outbox (the
+        slow-consumer policy may merge its deltas); other frames as the text."""
+        item: Queued | None = text if session_id is None else None
+        for connection in connections:
+            try_send = connection.try_send
+            if try_send is not None and not connection.sending and not connection.outbox:
+                try:
+                    sent = try_send(text)
+                except Exception as exc:
+                    self._broken(connection, exc)
+                    continue
+                if sent:
+                    connection.frames_sent += 1
+                    connection.bytes_sent += len(text)
+                    continue
+            if item is None:
+                assert session_id is not None
+                item = Frame(text, session_id, is_delta)
+            self._queue(connection, item, len(text))
 
     def _queue(self, connection: Connection, item: Queued, size: int) -> None:
         connection.enqueue(item, size)
