@@ -462,7 +462,11 @@ class Hub:
             self._check_running()
         if type(session_id) is not str or not 0 < len(session_id) <= MAX_ID_LENGTH:
             _check_session_id(session_id)
-        if getattr(event, "session_id", None) != session_id:
+        try:
+            mismatch = event.session_id != session_id
+        except AttributeError:  # not a session event
+            mismatch = True
+        if mismatch:
             raise SessionMismatch(
                 f"event for session {getattr(event, 'session_id', None)!r}"
                 f" passed for session {session_id!r}"
