@@ -10,7 +10,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 APT_GET := $(shell command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo) apt-get
 
-.PHONY: demo test test-fast test-slow lint typecheck bench system-deps clean
+.PHONY: demo test test-fast test-slow lint typecheck bench compare system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ bench: $(STAMP) system-deps
 	$(BIN)/python benchmarks/core.py
 	$(BIN)/python benchmarks/fanout.py
 	$(BIN)/python benchmarks/redis.py
+
+# Every alternative side by side; the full run takes a while (Channels is slow).
+compare: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/compare.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
