@@ -359,6 +359,13 @@ async def test_a_direct_sink_that_raises_is_dropped() -> None:
     assert (0, 1) == (stats.connections, stats.closed_broken)
 
 
+async def test_a_writer_ended_before_it_ran_is_not_counted() -> None:
+    async with Hub() as hub:
+        connection, _ = await connect(hub)  # "connected" is queued: a writer is started
+        await hub.disconnect(connection)  # and ended before it ran
+        await wait_for(lambda: hub.statistics().writers == 0)
+
+
 async def test_an_idle_writer_retires_and_a_new_one_starts_when_needed() -> None:
     """Idle connections cost no task; the next frame that must wait starts one."""
     config = HubConfig(writer_idle_seconds=0.05)
