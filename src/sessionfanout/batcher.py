@@ -20,7 +20,7 @@ streaming without pause still gets at most one frame per interval.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Final
 
@@ -82,8 +82,9 @@ class DeltaBatcher:
         self._pending: dict[str, _Pending] = {}
         self._deadlines: deque[tuple[float, str, _Pending]] = deque()
         # When due() last emitted each session's batch, oldest first; kept only
-        # while it can still hold a new batch back (``early`` long).
-        self._emitted: dict[str, float] = {}
+        # while it can still hold a new batch back (``early`` long). Ordered:
+        # a plain dict emptied from the front slows down as it is emptied.
+        self._emitted: OrderedDict[str, float] = OrderedDict()
         self._last_now = float("-inf")
 
     def add(self, session_id: str, text: str, turn_id: str | None, now: float) -> Sequence[Batch]:
@@ -135,7 +136,7 @@ class DeltaBatcher:
         self._last_now = now
         deadline = now + self.interval
         emit_at = deadline - self.early
-        previous = self._emitted.pop(session_id, None)
+        previous = self._emitted.pop(session_id, None) if self._emitted else None
         if previous is not None and previous + self.interval > emit_at:
             emit_at = min(deadline, previous + self.interval)
         pending = _Pending(turn_id, deadline, emit_at, [text], len(text))
@@ -164,10 +165,11 @@ class DeltaBatcher:
                 break
             deadlines.popleft()
             out.append(self._pop(session_id, pending))
-            emitted[session_id] = now
+            if self.early:
+                emitted[session_id] = now  # popped when its batch started: goes last
         horizon = now - self.early
         while emitted and next(iter(emitted.values())) <= horizon:
-            del emitted[next(iter(emitted))]
+            emitted.popitem(last=False)
         return out
 
     def flush(self, session_id: str) -> Batch | None:
