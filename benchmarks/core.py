@@ -26,6 +26,7 @@ from sessionfanout import (
     encode,
     with_seq,
 )
+from sessionfanout.hub import BATCH_EARLY
 
 
 def per_call(fn: Callable[[], Any], calls: int, repeat: int = 5) -> float:
@@ -86,7 +87,7 @@ def batcher_rows(sessions: int, deltas_per_session: int) -> list[tuple[str, floa
     driver, with_batcher = [], []
     for _ in range(5):
         driver.append(drive(nothing, nothing))
-        batcher = DeltaBatcher(0.05, 16384)
+        batcher = DeltaBatcher(0.05, 16384, early=0.05 * BATCH_EARLY)  # as the hub makes it
         with_batcher.append(drive(batcher.add, batcher.due))
         batcher.flush_all()
     loop = statistics.median(driver)
