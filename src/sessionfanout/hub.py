@@ -1,11 +1,13 @@
 """The Hub: the one piece that does I/O.
 
 It composes the sans-IO core (registry, batcher, transformer, history,
-permissions, codec) with anyio. It owns one task group: one scheduler task
-that drives every deadline (batch flushes, permission timeouts, idle
-eviction) and one writer task per connection that sends from that
-connection's bounded outbox. Publishing encodes an event once and only
-appends to outboxes; it never awaits a client.
+permissions, codec) with anyio. It owns one task group, with one scheduler
+task that drives every deadline (batch flushes, permission timeouts, idle
+eviction, idle writers), and a writer task per connection while it has
+frames waiting in its bounded outbox (on asyncio a plain task the hub owns
+and joins, see ``Hub._start_writer``). Publishing encodes an event once and
+either writes it straight to an idle sink that takes it (``try_send``) or
+appends it to outboxes; it never awaits a client.
 """
 
 from __future__ import annotations
