@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from sessionfanout import ProtocolError, codec
 from sessionfanout import events as ev
+from sessionfanout.checks import wire_name
 from tests import strategies
 
 
@@ -38,11 +39,11 @@ def test_every_client_message_round_trips(message: Any) -> None:
     for field in attrs.fields(type(message)):
         value = getattr(message, field.name)
         if value is not None:
-            wire[ev.wire_name(field.name)] = value
+            wire[wire_name(field.name)] = value
     assert message == codec.decode_client(json.dumps(wire))
 
 
-@given(strategies.session_events, st.integers(min_value=0, max_value=2**60))
+@given(strategies.session_events, strategies.counts)
 def test_with_seq_equals_encoding_with_the_seq(event: Any, seq: int) -> None:
     """The hub stamps seq on an encoded frame; it must equal encoding it in place."""
     unsequenced = attrs.evolve(event, seq=None)
@@ -98,6 +99,20 @@ def test_decode_client_on_any_json_shape_raises_only_protocol_error(value: Any, 
         ("{", "invalid_json", "JSON"),
         (b"\xff\xfe", "invalid_json", "JSON"),
         ("[" * 100_000 + "]" * 100_000, "invalid_json", "JSON"),
+        ('{"type":"subscribe","sessionId":"a","lastSeq":NaN}', "invalid_json", "NaN"),
+        ('{"type":"subscribe","sessionId":"a","lastSeq":Infinity}', "invalid_json", "Infinity"),
+        ('{"type":"subscribe","sessionId":"a","x":-Infinity}', "invalid_json", "Infinity"),
+        (
+            '{"type":"unsubscribe","type":"subscribe","sessionId":"a"}',
+            "invalid_json",
+            "duplicate key 'type'",
+        ),
+        ('{"type":"subscribe","sessionId":"a","x":{"k":1,"k":2}}', "invalid_json", "'k'"),
+        (
+            '{"type":"subscribe","sessionId":"a","lastSeq":9007199254740992}',
+            "invalid_message",
+            "'lastSeq'",
+        ),
         ("[]", "invalid_message", "object"),
         ('"subscribe"', "invalid_message", "object"),
         ("{}", "invalid_message", "'type'"),

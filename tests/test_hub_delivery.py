@@ -221,6 +221,10 @@ async def test_overflow_first_coalesces_queued_deltas_of_the_same_turn() -> None
     deltas = [d for d in deltas if d["type"] == "text_delta"]
     assert "".join(str(n % 10) for n in range(30)) == "".join(d["delta"] for d in deltas)
     assert 30 == deltas[-1]["seq"]
+    # A merged frame says which seqs it holds: every number is accounted for, once.
+    held = [n for d in deltas for n in range(d.get("firstSeq", d["seq"]), d["seq"] + 1)]
+    assert list(range(1, 31)) == held
+    assert any("firstSeq" in d for d in deltas)
 
 
 async def test_the_close_policy_closes_without_coalescing() -> None:

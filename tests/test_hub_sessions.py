@@ -242,6 +242,58 @@ async def test_unsubscribe_stops_delivery_and_answers() -> None:
     assert [] == sink.of_type("complete")
 
 
+async def test_the_server_subscribes_a_connection_itself_with_the_wire_replay_rules() -> None:
+    async with Hub(HubConfig(authorize=lambda connection, session_id: False)) as hub:
+        connection, sink = await connect(hub)
+        first = await hub.subscribe(connection, "s")
+        await publish(hub, "s", 3)
+        await wait_for(lambda: len(sink.of_type("tool_result")) == 3)
+        again_conn, again = await connect(hub)
+        resumed = await hub.subscribe(again_conn, "s", last_seq=1, epoch=first.epoch)
+        await wait_for(lambda: len(again.of_type("tool_result")) == 2)
+        with pytest.raises(InvalidArgument, match="lastSeq"):
+            await hub.subscribe(again_conn, "s", last_seq=-1)
+    assert (0, False) == (first.seq, first.resumed), (
+        "the hook is the clients' gate, not the server's"
+    )
+    assert (3, True) == (resumed.seq, resumed.resumed)
+    assert [2, 3] == [f["seq"] for f in again.of_type("tool_result")]
+    assert ["subscribed", "tool_result", "tool_result"] == [f["type"] for f in again.frames[1:]]
+
+
+async def test_the_server_ends_a_subscription_at_once_with_a_reason() -> None:
+    async with Hub() as hub:
+        connection, sink = await connect(hub)
+        await subscribe(hub, connection, "s")
+        assert await hub.unsubscribe(connection, "s", reason="access revoked")
+        assert not await hub.unsubscribe(connection, "s", reason="again")
+        await hub.broadcast_to_session("s", Complete("s"))
+        await anyio.sleep(0.01)
+        assert frozenset() == hub.sessions_of(connection)
+    assert [{"type": "unsubscribed", "sessionId": "s", "reason": "access revoked"}] == (
+        sink.of_type("unsubscribed")
+    )
+    assert [] == sink.of_type("complete")
+
+
+async def test_a_refused_resubscribe_ends_the_existing_subscription() -> None:
+    """Revocation: once the hook says no, the client stops receiving at once."""
+    allowed = {"s"}
+    config = HubConfig(authorize=lambda connection, session_id: session_id in allowed)
+    async with Hub(config) as hub:
+        connection, sink = await connect(hub)
+        assert "subscribed" == (await subscribe(hub, connection, "s"))["type"]
+        allowed.clear()
+        assert "client_error" == (await subscribe(hub, connection, "s"))["type"]
+        await hub.broadcast_to_session("s", Complete("s"))
+        await anyio.sleep(0.01)
+        assert frozenset() == hub.sessions_of(connection)
+    assert [{"type": "unsubscribed", "sessionId": "s", "reason": "forbidden"}] == (
+        sink.of_type("unsubscribed")
+    )
+    assert [] == sink.of_type("complete")
+
+
 async def test_custom_client_frames_reach_their_handler() -> None:
     seen: list[dict[str, Any]] = []
 

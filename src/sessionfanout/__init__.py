@@ -19,6 +19,7 @@ from .agent import (
 )
 from .batcher import Batch, DeltaBatcher
 from .broker import Broker, BrokerContext, LocalBroker, Receiver
+from .checks import MAX_ID_LENGTH
 from .codec import (
     DEFAULT_MAX_FRAME_BYTES,
     decode_client,
@@ -75,6 +76,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = (
     "DEFAULT_MAX_FRAME_BYTES",
+    "MAX_ID_LENGTH",
     "AgentComplete",
     "AgentError",
     "AgentEvent",

@@ -12,6 +12,15 @@ from typing import Any, ClassVar, Protocol
 
 import attrs
 
+from .checks import (
+    a_bool,
+    a_json_object,
+    a_string,
+    an_id,
+    optional_bool_field,
+    optional_str_field,
+)
+
 __all__ = (
     "AgentComplete",
     "AgentError",
@@ -35,37 +44,37 @@ class AgentEvent(Protocol):
 @attrs.frozen
 class AgentTextDelta:
     type: ClassVar[str] = "text_delta"
-    text: str
-    turn_id: str | None = None
+    text: str = attrs.field(validator=a_string)
+    turn_id: str | None = optional_str_field()
 
 
 @attrs.frozen
 class AgentTextComplete:
     type: ClassVar[str] = "text_complete"
-    text: str
-    is_intermediate: bool | None = None
-    turn_id: str | None = None
+    text: str = attrs.field(validator=a_string)
+    is_intermediate: bool | None = optional_bool_field()
+    turn_id: str | None = optional_str_field()
 
 
 @attrs.frozen
 class AgentToolStart:
     type: ClassVar[str] = "tool_start"
-    tool_name: str
-    tool_use_id: str
-    input: dict[str, Any] = attrs.field(factory=dict)
-    intent: str | None = None
-    display_name: str | None = None
-    turn_id: str | None = None
+    tool_name: str = attrs.field(validator=a_string)
+    tool_use_id: str = attrs.field(validator=a_string)
+    input: dict[str, Any] = attrs.field(factory=dict, validator=a_json_object)
+    intent: str | None = optional_str_field()
+    display_name: str | None = optional_str_field()
+    turn_id: str | None = optional_str_field()
 
 
 @attrs.frozen
 class AgentToolResult:
     type: ClassVar[str] = "tool_result"
-    tool_use_id: str
-    result: str
-    is_error: bool | None = None
-    tool_name: str | None = None
-    turn_id: str | None = None
+    tool_use_id: str = attrs.field(validator=a_string)
+    result: str = attrs.field(validator=a_string)
+    is_error: bool | None = optional_bool_field()
+    tool_name: str | None = optional_str_field()
+    turn_id: str | None = optional_str_field()
 
 
 @attrs.frozen
@@ -76,7 +85,7 @@ class AgentComplete:
 @attrs.frozen
 class AgentError:
     type: ClassVar[str] = "error"
-    message: str
+    message: str = attrs.field(validator=a_string)
 
 
 @attrs.frozen
@@ -89,17 +98,17 @@ class AgentPermissionRequest:
     """
 
     type: ClassVar[str] = "permission_request"
-    tool_name: str
-    command: str
-    description: str
-    request_id: str | None = None
+    tool_name: str = attrs.field(validator=a_string)
+    command: str = attrs.field(validator=a_string)
+    description: str = attrs.field(validator=a_string)
+    request_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(an_id))
 
 
 @attrs.frozen
 class PermissionDecision:
     """How a permission request ended."""
 
-    request_id: str
-    allowed: bool
-    always_allow: bool = False
-    timed_out: bool = False
+    request_id: str = attrs.field(validator=an_id)
+    allowed: bool = attrs.field(validator=a_bool)
+    always_allow: bool = attrs.field(default=False, validator=a_bool)
+    timed_out: bool = attrs.field(default=False, validator=a_bool)

@@ -20,7 +20,8 @@ import cattrs
 from cattrs.errors import AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from .errors import ProtocolError
+from .checks import json_problem, wire_name
+from .errors import InvalidArgument, ProtocolError
 from .events import (
     ClientError,
     ClientMessage,
@@ -41,7 +42,6 @@ from .events import (
     ToolStart,
     Unsubscribe,
     Unsubscribed,
-    wire_name,
 )
 
 __all__ = (
@@ -76,6 +76,7 @@ SERVER_TYPES: Final[dict[str, type[Any]]] = {
         ClientError,
     )
 }
+SERVER_CLASSES: Final = frozenset(SERVER_TYPES.values())
 CLIENT_TYPES: Final[dict[str, type[Any]]] = {
     cls.TYPE: cls for cls in (Subscribe, Unsubscribe, PermissionResponse)
 }
@@ -142,12 +143,26 @@ def _make_dumps() -> Callable[[Any], str]:
     if c_make_encoder is None:  # pragma: no cover - CPython always has it
         return json.JSONEncoder(separators=(",", ":")).encode
     encoder = c_make_encoder(
-        None, _refuse, encode_basestring_ascii, None, ":", ",", False, False, True
+        None, _refuse, encode_basestring_ascii, None, ":", ",", False, False, False
     )
     return lambda value: "".join(encoder(value, 0))
 
 
 _dumps: Final = _make_dumps()
+
+
+def _dumps_strict(value: Any) -> str:
+    """A free-form JSON field (``toolInput``) as strict JSON, or ``InvalidArgument``.
+
+    Checked again here, not only when the event was made: the dict inside a
+    frozen event can still be changed afterwards.
+    """
+    problem = json_problem(value)
+    if problem is not None:
+        raise InvalidArgument(f"cannot encode: {problem}")
+    return _dumps(value)
+
+
 _hooks: dict[type[Any], Callable[[Any], dict[str, Any]]] = {}
 
 
@@ -170,7 +185,7 @@ def _compile_encoder(cls: type[Any], *, top: bool) -> Callable[[Any], str]:
     property test holds it to that.
     """
     hints = typing.get_type_hints(cls)
-    namespace: dict[str, Any] = {"esc": encode_basestring_ascii, "dumps": _dumps}
+    namespace: dict[str, Any] = {"esc": encode_basestring_ascii, "dumps": _dumps_strict}
     lines = [f"def encode_{cls.__name__}(e):"]
     # Required fields (they come first) join the opening in one expression;
     # each optional one is appended only when set.
@@ -262,7 +277,7 @@ def decode_client(
     if _size_exceeds(raw, max_bytes):
         raise ProtocolError("too_large", f"frame is larger than {max_bytes} bytes")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:
         # UnicodeDecodeError is a ValueError; RecursionError comes from deep nesting.
         raise ProtocolError("invalid_json", f"frame is not valid JSON: {exc}") from None
@@ -285,6 +300,21 @@ def decode_client(
     except (ClassValidationError, ForbiddenExtraKeysError) as exc:
         raise ProtocolError("invalid_message", _describe(exc), kind) from None
     return message
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259)")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A duplicate key makes a frame mean different things to different
+    # parsers ({"type":"unsubscribe","type":"subscribe"}): refuse it.
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        keys = [key for key, _ in pairs]
+        duplicate = next(key for key in data if keys.count(key) > 1)
+        raise ValueError(f"duplicate key {duplicate!r:.80}")
+    return data
 
 
 def _size_exceeds(raw: str | bytes, max_bytes: int) -> bool:

@@ -160,7 +160,9 @@ def coalesce(outbox: deque[Queued]) -> int:
 
     A run ends at any other frame of that session, so per-session order is
     kept. The merged frame carries the seq of the last delta it absorbs (a
-    client resuming from it misses nothing). Returns how many frames went.
+    client resuming from it misses nothing) and, as ``firstSeq``, the seq of
+    its first, so a client checking for gaps sees every number accounted for.
+    Returns how many frames went.
     Runs only when an outbox overflows, so it decodes the frames it merges
     rather than keeping their parts for every frame.
     """
@@ -198,6 +200,7 @@ def coalesce(outbox: deque[Queued]) -> int:
 
 def _merge(run: list[TextDelta]) -> Frame:
     first, last = run[0], run[-1]
-    assert last.seq is not None
-    event = TextDelta(first.session_id, "".join(d.delta for d in run), first.turn_id, last.seq)
+    text = "".join(d.delta for d in run)
+    first_seq = first.first_seq or first.seq  # the first may be a merged frame itself
+    event = TextDelta(first.session_id, text, first.turn_id, first_seq, last.seq)
     return Frame(encode(event), first.session_id, True)

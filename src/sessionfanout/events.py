@@ -2,15 +2,32 @@
 
 Python attributes are snake_case; the codec maps them to the camelCase wire
 names. Every class names its wire ``type`` in a ``TYPE`` class variable.
+Every field is checked when an event is made (``checks``): a bad value fails
+where it was written, with ``InvalidArgument`` naming the field.
 Session events end with ``seq``: the hub assigns it when it publishes, and the
 codec relies on it being the last field (see ``codec.with_seq``).
 """
 
 from __future__ import annotations
 
+import typing
 from typing import Any, ClassVar, Literal
 
 import attrs
+
+from .checks import (
+    a_bool,
+    a_count,
+    a_json_object,
+    a_string,
+    an_id,
+    describe,
+    one_of,
+    optional_bool_field,
+    optional_count_field,
+    optional_str_field,
+)
+from .errors import CLIENT_ERROR_CODES, InvalidArgument
 
 __all__ = (
     "ClientError",
@@ -37,152 +54,141 @@ __all__ = (
     "Unsubscribed",
 )
 
-MAX_ID_LENGTH = 256
-"""PROTOCOL.md: ``sessionId`` and ``requestId`` are non-empty strings of at most 256 characters."""
-
-
-def wire_name(name: str) -> str:
-    """The camelCase wire name of a snake_case attribute: ``session_id`` -> ``sessionId``."""
-    head, *rest = name.split("_")
-    return head + "".join(part.capitalize() for part in rest)
-
-
-def _check_id(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if not value:
-        raise ValueError(f"field {wire_name(attribute.name)!r} must not be empty")
-    if len(value) > MAX_ID_LENGTH:
-        raise ValueError(
-            f"field {wire_name(attribute.name)!r} must be at most {MAX_ID_LENGTH} characters"
-        )
-
-
-def _check_seq(instance: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
-    if value is not None and value < 0:
-        raise ValueError(f"field {wire_name(attribute.name)!r} must not be negative")
-
-
 # -- server -> client ---------------------------------------------------------
 
 
 @attrs.frozen
 class Connected:
     TYPE: ClassVar[str] = "connected"
-    timestamp: int
-    connection_id: str
+    timestamp: int = attrs.field(validator=a_count)
+    connection_id: str = attrs.field(validator=a_string)
 
 
 @attrs.frozen
 class TextDelta:
     TYPE: ClassVar[str] = "text_delta"
-    session_id: str
-    delta: str
-    turn_id: str | None = None
-    seq: int | None = None
+    session_id: str = attrs.field(validator=an_id)
+    delta: str = attrs.field(validator=a_string)
+    turn_id: str | None = optional_str_field()
+    first_seq: int | None = optional_count_field()
+    """Set on a merged frame (the slow-consumer policy): the seq of its first part."""
+    seq: int | None = optional_count_field()
 
 
 @attrs.frozen
 class TextComplete:
     TYPE: ClassVar[str] = "text_complete"
-    session_id: str
-    text: str
-    is_intermediate: bool | None = None
-    turn_id: str | None = None
-    seq: int | None = None
+    session_id: str = attrs.field(validator=an_id)
+    text: str = attrs.field(validator=a_string)
+    is_intermediate: bool | None = optional_bool_field()
+    turn_id: str | None = optional_str_field()
+    seq: int | None = optional_count_field()
 
 
 @attrs.frozen
 class ToolStart:
     TYPE: ClassVar[str] = "tool_start"
-    session_id: str
-    tool_name: str
-    tool_use_id: str
-    tool_input: dict[str, Any] = attrs.field(factory=dict)
-    tool_intent: str | None = None
-    tool_display_name: str | None = None
-    turn_id: str | None = None
-    seq: int | None = None
+    session_id: str = attrs.field(validator=an_id)
+    tool_name: str = attrs.field(validator=a_string)
+    tool_use_id: str = attrs.field(validator=a_string)
+    tool_input: dict[str, Any] = attrs.field(factory=dict, validator=a_json_object)
+    """Strict JSON: see ``checks.json_problem`` for what is refused."""
+    tool_intent: str | None = optional_str_field()
+    tool_display_name: str | None = optional_str_field()
+    turn_id: str | None = optional_str_field()
+    seq: int | None = optional_count_field()
 
 
 @attrs.frozen
 class ToolResult:
     TYPE: ClassVar[str] = "tool_result"
-    session_id: str
-    tool_use_id: str
-    tool_name: str
-    result: str
-    turn_id: str | None = None
-    is_error: bool | None = None
-    seq: int | None = None
+    session_id: str = attrs.field(validator=an_id)
+    tool_use_id: str = attrs.field(validator=a_string)
+    tool_name: str = attrs.field(validator=a_string)
+    result: str = attrs.field(validator=a_string)
+    turn_id: str | None = optional_str_field()
+    is_error: bool | None = optional_bool_field()
+    seq: int | None = optional_count_field()
 
 
 @attrs.frozen
 class Complete:
     TYPE: ClassVar[str] = "complete"
-    session_id: str
-    seq: int | None = None
+    session_id: str = attrs.field(validator=an_id)
+    seq: int | None = optional_count_field()
 
 
 @attrs.frozen
 class Error:
     TYPE: ClassVar[str] = "error"
-    session_id: str
-    error: str
-    seq: int | None = None
+    session_id: str = attrs.field(validator=an_id)
+    error: str = attrs.field(validator=a_string)
+    seq: int | None = optional_count_field()
 
 
 @attrs.frozen
 class PermissionRequestInfo:
     """The ``request`` object inside a ``permission_request`` frame."""
 
-    request_id: str
-    tool_name: str
-    command: str
-    description: str
+    request_id: str = attrs.field(validator=an_id)
+    tool_name: str = attrs.field(validator=a_string)
+    command: str = attrs.field(validator=a_string)
+    description: str = attrs.field(validator=a_string)
+
+
+def _a_request(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, PermissionRequestInfo):
+        raise InvalidArgument(
+            f"permission_request: field 'request' must be a PermissionRequestInfo,"
+            f" got {describe(value)}"
+        )
 
 
 @attrs.frozen
 class PermissionRequest:
     TYPE: ClassVar[str] = "permission_request"
-    session_id: str
-    request: PermissionRequestInfo
-    seq: int | None = None
+    session_id: str = attrs.field(validator=an_id)
+    request: PermissionRequestInfo = attrs.field(validator=_a_request)
+    seq: int | None = optional_count_field()
 
 
 @attrs.frozen
 class PermissionTimeout:
     TYPE: ClassVar[str] = "permission_timeout"
-    session_id: str
-    request_id: str
-    seq: int | None = None
+    session_id: str = attrs.field(validator=an_id)
+    request_id: str = attrs.field(validator=an_id)
+    seq: int | None = optional_count_field()
 
 
 @attrs.frozen
 class ConfigChanged:
     TYPE: ClassVar[str] = "config_changed"
-    change_type: Literal["config", "theme"]
+    change_type: Literal["config", "theme"] = attrs.field(validator=one_of("config", "theme"))
 
 
 @attrs.frozen
 class Subscribed:
     TYPE: ClassVar[str] = "subscribed"
-    session_id: str
-    seq: int
-    epoch: str
-    resumed: bool
+    session_id: str = attrs.field(validator=an_id)
+    seq: int = attrs.field(validator=a_count)
+    epoch: str = attrs.field(validator=a_string)
+    resumed: bool = attrs.field(validator=a_bool)
 
 
 @attrs.frozen
 class Unsubscribed:
     TYPE: ClassVar[str] = "unsubscribed"
-    session_id: str
+    session_id: str = attrs.field(validator=an_id)
+    reason: str | None = optional_str_field()
+    """Set when the server ended the subscription (access withdrawn), saying why."""
 
 
 @attrs.frozen
 class ClientError:
     TYPE: ClassVar[str] = "client_error"
-    code: str
-    message: str
-    request_type: str | None = None
+    code: str = attrs.field(validator=one_of(*sorted(CLIENT_ERROR_CODES)))
+    message: str = attrs.field(validator=a_string)
+    request_type: str | None = optional_str_field()
 
 
 SessionEvent = (
@@ -195,6 +201,7 @@ SessionEvent = (
     | PermissionRequest
     | PermissionTimeout
 )
+SESSION_EVENT_TYPES: frozenset[type[Any]] = frozenset(typing.get_args(SessionEvent))
 GlobalEvent = ConfigChanged
 ServerEvent = SessionEvent | GlobalEvent | Connected | Subscribed | Unsubscribed | ClientError
 
@@ -204,23 +211,23 @@ ServerEvent = SessionEvent | GlobalEvent | Connected | Subscribed | Unsubscribed
 @attrs.frozen
 class Subscribe:
     TYPE: ClassVar[str] = "subscribe"
-    session_id: str = attrs.field(validator=_check_id)
-    last_seq: int | None = attrs.field(default=None, validator=_check_seq)
-    epoch: str | None = None
+    session_id: str = attrs.field(validator=an_id)
+    last_seq: int | None = optional_count_field()
+    epoch: str | None = optional_str_field()
 
 
 @attrs.frozen
 class Unsubscribe:
     TYPE: ClassVar[str] = "unsubscribe"
-    session_id: str = attrs.field(validator=_check_id)
+    session_id: str = attrs.field(validator=an_id)
 
 
 @attrs.frozen
 class PermissionResponse:
     TYPE: ClassVar[str] = "permission_response"
-    request_id: str = attrs.field(validator=_check_id)
-    allowed: bool
-    always_allow: bool | None = None
+    request_id: str = attrs.field(validator=an_id)
+    allowed: bool = attrs.field(validator=a_bool)
+    always_allow: bool | None = optional_bool_field()
 
 
 @attrs.frozen

@@ -30,7 +30,8 @@ import attrs
 from .agent import PermissionDecision
 from .batcher import Batch, DeltaBatcher
 from .broker import Broker, BrokerContext, LocalBroker
-from .codec import decode_client, encode, encode_delta
+from .checks import MAX_ID_LENGTH, check_id, describe
+from .codec import SERVER_CLASSES, decode_client, encode, encode_delta
 from .config import HubConfig, SlowConsumerPolicy
 from .connection import Connection, Frame, Queued, Sink, Wakeup, coalesce, text_of
 from .errors import (
@@ -42,7 +43,7 @@ from .errors import (
     UnknownConnection,
 )
 from .events import (
-    MAX_ID_LENGTH,
+    SESSION_EVENT_TYPES,
     ClientError,
     Complete,
     ConfigChanged,
@@ -63,7 +64,7 @@ from .events import (
     Unsubscribed,
 )
 from .history import History
-from .permissions import PermissionBroker
+from .permissions import PendingPermission, PermissionBroker
 from .ratelimit import TokenBucket
 from .registry import SubscriptionRegistry
 from .transformer import EventTransformer
@@ -125,6 +126,9 @@ class HubStatistics:
     """Delta batches the backplane could not take (it was unavailable)."""
     resyncs: int
     """Times subscribers were told to reload a session after lost events."""
+    session_faults: int
+    """Unexpected errors in the hub's work for one session (each logged and
+    confined to that session; see ``Hub._contain``). Non-zero means a bug."""
     broker: dict[str, int]
     """The backplane's own counters."""
     outboxes: tuple[ConnectionStatistics, ...]
@@ -189,12 +193,34 @@ class _Runtime:
 
 
 def _check_session_id(session_id: object) -> str:
-    if not isinstance(session_id, str) or not session_id or len(session_id) > MAX_ID_LENGTH:
-        raise InvalidArgument(
-            f"session_id must be a non-empty string of at most {MAX_ID_LENGTH} characters,"
-            f" got {session_id!r:.80}"
+    return check_id("session_id", session_id)
+
+
+def _check_session_event(session_id: str, event: object) -> SessionEvent:
+    """A session event a producer may publish: of a session event class, for
+    ``session_id``, and not yet numbered (the hub assigns ``seq``)."""
+    if type(event) not in SESSION_EVENT_TYPES:
+        raise InvalidArgument(f"event must be a session event, got {describe(event)}")
+    assert isinstance(event, SessionEvent)
+    if event.session_id != session_id:
+        raise SessionMismatch(
+            f"event for session {event.session_id!r:.80} passed for session {session_id!r:.80}"
         )
-    return session_id
+    if event.seq is not None or getattr(event, "first_seq", None) is not None:
+        raise InvalidArgument("seq and firstSeq are assigned by the hub; leave them None")
+    return event
+
+
+def _check_text(name: str, value: object, *, optional: bool = False) -> None:
+    if not isinstance(value, str) and not (optional and value is None):
+        kind = "a string or None" if optional else "a string"
+        raise InvalidArgument(f"{name} must be {kind}, got {describe(value)}")
+
+
+def _check_connection(connection: object) -> Connection:
+    if not isinstance(connection, Connection):
+        raise InvalidArgument(f"connection must be a Connection, got {describe(connection)}")
+    return connection
 
 
 class Hub:
@@ -254,6 +280,7 @@ class Hub:
                 "client_errors",
                 "lost_batches",
                 "resyncs",
+                "session_faults",
             ),
             0,
         )
@@ -342,6 +369,12 @@ class Hub:
     async def connect(self, sink: Sink, context: Any = None) -> Connection:
         """Accept a connection: send it ``connected`` and start its writer."""
         self._check_running()
+        for method in ("send", "close"):
+            if not callable(getattr(sink, method, None)):
+                raise InvalidArgument(f"sink must have an async {method}(), got {describe(sink)}")
+        try_send = getattr(sink, "try_send", None)
+        if try_send is not None and not callable(try_send):
+            raise InvalidArgument(f"sink.try_send must be callable, got {describe(try_send)}")
         connection = Connection(secrets.token_urlsafe(9), sink, context)
         if self.config.client_rate is not None:
             connection.rate = TokenBucket(
@@ -353,12 +386,14 @@ class Hub:
 
     async def disconnect(self, connection: Connection) -> None:
         """The client went away: forget the connection and discard its queue. Idempotent."""
-        self._forget(connection)
+        self._forget(_check_connection(connection))
 
     async def serve(
         self, sink: Sink, incoming: AsyncIterable[str | bytes], context: Any = None
     ) -> None:
         """Connect, handle every incoming frame, disconnect when ``incoming`` ends."""
+        if not hasattr(incoming, "__aiter__"):
+            raise InvalidArgument(f"incoming must be an async iterable, got {describe(incoming)}")
         connection = await self.connect(sink, context)
         try:
             async for raw in incoming:
@@ -374,13 +409,17 @@ class Hub:
             raise InvalidArgument("frame_type must be a non-empty string")
         if frame_type in ("subscribe", "unsubscribe", "permission_response"):
             raise InvalidArgument(f"{frame_type!r} is a protocol frame type")
+        if not callable(handler):
+            raise InvalidArgument(f"handler must be callable, got {describe(handler)}")
         self._custom[frame_type] = handler
 
     async def handle_message(self, connection: Connection, raw: str | bytes) -> None:
         """Act on one client frame. A bad frame is answered with ``client_error``
-        and changes nothing; no ``ProtocolError`` escapes."""
-        if not self._registry.is_connected(connection):
-            raise UnknownConnection(f"{connection!r} is not connected to this hub")
+        and changes nothing; no ``ProtocolError`` escapes. ``raw`` that is not
+        text or bytes is the adapter's mistake: ``InvalidArgument``."""
+        self._check_connected(connection)
+        if not isinstance(raw, str | bytes | bytearray):
+            raise InvalidArgument(f"raw must be str or bytes, got {describe(raw)}")
         try:
             if connection.rate is not None and not connection.rate.take(self._clock()):
                 raise ProtocolError("rate_limited", "too many frames; slow down")
@@ -388,9 +427,10 @@ class Hub:
                 raw, max_bytes=self.config.max_frame_bytes, custom_types=self._custom
             )
             if type(message) is Subscribe:
-                await self._subscribe(connection, message)
+                await self._subscribe(connection, message, authorize=True)
             elif type(message) is Unsubscribe:
-                self._unsubscribe(connection, message.session_id)
+                self._end_subscription(connection, message.session_id)
+                self._reply(connection, Unsubscribed(message.session_id))
             elif type(message) is PermissionResponse:
                 await self._answer_permission(connection, message)
             else:
@@ -404,18 +444,60 @@ class Hub:
     async def send(self, connection: Connection, event: ServerEvent) -> None:
         """Send one frame to one connection (replies of custom frame handlers)."""
         self._check_running()
-        if not self._registry.is_connected(connection):
-            raise UnknownConnection(f"{connection!r} is not connected to this hub")
+        self._check_connected(connection)
+        if type(event) not in SERVER_CLASSES:
+            raise InvalidArgument(f"event must be a server frame, got {describe(event)}")
         self._reply(connection, event)
 
     def sessions_of(self, connection: Connection) -> frozenset[str]:
-        return frozenset(self._registry.sessions_of(connection))
+        return frozenset(self._registry.sessions_of(_check_connection(connection)))
 
-    async def _subscribe(self, connection: Connection, message: Subscribe) -> None:
+    async def subscribe(
+        self,
+        connection: Connection,
+        session_id: str,
+        last_seq: int | None = None,
+        epoch: str | None = None,
+    ) -> Subscribed:
+        """Subscribe a connection on the server's own authority (the ``authorize``
+        hook is not asked): exactly what a client's ``subscribe`` frame does,
+        replay included. Returns the ``subscribed`` reply the client was sent."""
+        self._check_running()
+        self._check_connected(connection)
+        subscribed = await self._subscribe(connection, Subscribe(session_id, last_seq, epoch))
+        if subscribed is None:
+            raise UnknownConnection(f"{connection!r} went away while subscribing")
+        return subscribed
+
+    async def unsubscribe(
+        self, connection: Connection, session_id: str, *, reason: str = "ended by the server"
+    ) -> bool:
+        """End a subscription at once (access withdrawn): the client gets
+        ``unsubscribed`` with ``reason``. False when it was not subscribed."""
+        self._check_running()
+        self._check_connected(connection)
+        notice = Unsubscribed(session_id, reason)
+        if not self._end_subscription(connection, session_id):
+            return False
+        self._reply(connection, notice)
+        return True
+
+    def _check_connected(self, connection: Connection) -> None:
+        if not self._registry.is_connected(_check_connection(connection)):
+            raise UnknownConnection(f"{connection!r} is not connected to this hub")
+
+    async def _subscribe(
+        self, connection: Connection, message: Subscribe, *, authorize: bool = False
+    ) -> Subscribed | None:
+        """Subscribe with replay; None when the connection went away meanwhile.
+        A subscribe the ``authorize`` hook refuses also ends an existing
+        subscription to that session: access withdrawn takes effect at once."""
         session_id = message.session_id
-        if not await self._authorized(connection, session_id):
+        if authorize and not await self._authorized(connection, session_id):
+            if self._end_subscription(connection, session_id):
+                self._reply(connection, Unsubscribed(session_id, "forbidden"))
             raise ProtocolError(
-                "forbidden", f"not allowed to subscribe to {session_id!r}", "subscribe"
+                "forbidden", f"not allowed to subscribe to {session_id!r:.80}", "subscribe"
             )
         if not self._registry.is_subscribed(connection, session_id):
             await self.broker.watch(session_id)
@@ -424,16 +506,18 @@ class Hub:
             ):
                 self.broker.unwatch(session_id)  # went away, or subscribed meanwhile
         if not self._registry.is_connected(connection):
-            return
+            return None
         # No await from here on: the replay and live events cannot interleave.
         state = self._history.state(session_id, self._clock())
         replay = None
         if message.last_seq is not None:
             replay = self._history.replay(session_id, message.last_seq, message.epoch)
         self._registry.subscribe(connection, session_id)
-        self._reply(connection, Subscribed(session_id, state.seq, state.epoch, replay is not None))
+        subscribed = Subscribed(session_id, state.seq, state.epoch, replay is not None)
+        self._reply(connection, subscribed)
         for text in replay or ():
             self._fan_out((connection,), text)
+        return subscribed
 
     async def _authorized(self, connection: Connection, session_id: str) -> bool:
         hook = self.config.authorize
@@ -448,12 +532,14 @@ class Hub:
             return False
         return verdict is True
 
-    def _unsubscribe(self, connection: Connection, session_id: str) -> None:
-        if self._registry.is_subscribed(connection, session_id):
-            if self._registry.unsubscribe(connection, session_id):
-                self._history.release(session_id)
-            self.broker.unwatch(session_id)
-        self._reply(connection, Unsubscribed(session_id))
+    def _end_subscription(self, connection: Connection, session_id: str) -> bool:
+        """Unsubscribe; False when the connection was not subscribed."""
+        if not self._registry.is_subscribed(connection, session_id):
+            return False
+        if self._registry.unsubscribe(connection, session_id):
+            self._history.release(session_id)
+        self.broker.unwatch(session_id)
+        return True
 
     # -- producer side -----------------------------------------------------
 
@@ -464,15 +550,7 @@ class Hub:
             self._check_running()
         if type(session_id) is not str or not 0 < len(session_id) <= MAX_ID_LENGTH:
             _check_session_id(session_id)
-        try:
-            mismatch = event.session_id != session_id
-        except AttributeError:  # not a session event
-            mismatch = True
-        if mismatch:
-            raise SessionMismatch(
-                f"event for session {getattr(event, 'session_id', None)!r}"
-                f" passed for session {session_id!r}"
-            )
+        _check_session_event(session_id, event)
         ack = self._sequence_in_order(event)
         if ack is not None:
             await ack
@@ -492,8 +570,9 @@ class Hub:
             self._check_running()
         if type(session_id) is not str or not 0 < len(session_id) <= MAX_ID_LENGTH:
             _check_session_id(session_id)
-        if not isinstance(text, str):
-            raise InvalidArgument(f"delta text must be a string, got {type(text).__name__}")
+        if type(text) is not str or (turn_id is not None and type(turn_id) is not str):
+            _check_text("text", text)
+            _check_text("turn_id", turn_id, optional=True)
         if not self.broker.available:
             raise BrokerUnavailable("the backplane is unavailable; the delta was not accepted")
         now = self._clock()
@@ -523,12 +602,22 @@ class Hub:
         denial when ``deny_after`` seconds (default ``permission_timeout``) pass."""
         self._check_running()
         _check_session_id(session_id)
-        pending = self._permissions.open(
-            session_id,
-            self._clock(),
-            self.config.permission_timeout if deny_after is None else deny_after,
-            request_id,
-        )
+        for name, value in (
+            ("tool_name", tool_name),
+            ("command", command),
+            ("description", description),
+        ):
+            _check_text(name, value)
+        if request_id is not None:
+            check_id("request_id", request_id)
+        timeout = self.config.permission_timeout if deny_after is None else deny_after
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < math.inf
+        ):
+            raise InvalidArgument(f"deny_after must be a positive number, got {describe(timeout)}")
+        pending = self._permissions.open(session_id, self._clock(), timeout, request_id)
         waiter = self._waiters[pending.request_id] = _Waiter()
         if pending.deadline < self._wake_at:
             self._wake_scheduler()
@@ -555,6 +644,8 @@ class Hub:
         """
         self._check_running()
         _check_session_id(session_id)
+        if not hasattr(events, "__aiter__"):
+            raise InvalidArgument(f"events must be an async iterable, got {describe(events)}")
         iterator = aiter(events)
         asend = getattr(iterator, "asend", None)
         try:
@@ -566,6 +657,8 @@ class Hub:
                     break
                 decision = None
                 for event in self.transformer.transform(session_id, agent_event):
+                    # Checked as it arrives: a bad event ends the run like an agent's exception.
+                    _check_session_event(session_id, event)
                     decision = await self._publish_agent_output(session_id, event) or decision
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
@@ -593,7 +686,7 @@ class Hub:
                 request.tool_name,
                 request.command,
                 request.description,
-                request_id=request.request_id or None,
+                request_id=request.request_id,
             )
         await self.broadcast_to_session(session_id, event)
         return None
@@ -621,20 +714,24 @@ class Hub:
         sequenced in this order whatever else runs; the broker's acknowledgement
         (if any) is returned for the caller to await.
         """
+        body = encode(event)  # first: an event that cannot be encoded changes nothing
         batch = self._batcher.flush(event.session_id)
         if batch is not None:
             self._publish_batch(batch)
-        return self.broker.publish(event.session_id, encode(event), False)
+        return self.broker.publish(event.session_id, body, False)
 
     def _publish_batch(self, batch: Batch) -> None:
         self._counters["batches"] += 1
-        body = encode_delta(batch.session_id, batch.text, batch.turn_id)
         try:
+            body = encode_delta(batch.session_id, batch.text, batch.turn_id)
             # Nobody waits for a batch; a backplane that fails it logs and counts it.
             self.broker.publish(batch.session_id, body, True)
         except BrokerUnavailable as exc:
             self._counters["lost_batches"] += 1
             logger.warning("delta batch for %s not published: %s", batch.session_id, exc)
+        except Exception as exc:
+            self._counters["lost_batches"] += 1
+            self._contain(batch.session_id, "publishing a delta batch", exc)
 
     def _flush_all_deltas(self) -> None:
         for batch in self._batcher.flush_all():
@@ -644,20 +741,29 @@ class Hub:
 
     def deliver(self, session_id: str, seq: int, text: str, is_delta: bool) -> None:
         """Receiver: enqueue a numbered session event for the session's subscribers."""
-        # A copy: the overflow policy may drop a connection mid-loop.
-        self._fan_out(tuple(self._registry.sinks_of(session_id)), text, session_id, is_delta)
+        try:
+            # A copy: the overflow policy may drop a connection mid-loop.
+            self._fan_out(tuple(self._registry.sinks_of(session_id)), text, session_id, is_delta)
+        except Exception as exc:
+            self._contain(session_id, "delivering an event", exc)
 
     def deliver_global(self, text: str) -> None:
         """Receiver: enqueue a global event for every connection."""
-        self._fan_out(tuple(self._registry.sinks()), text)
+        try:
+            self._fan_out(tuple(self._registry.sinks()), text)
+        except Exception as exc:
+            self._contain(None, "delivering a global event", exc)
 
     def resync(self, session_id: str) -> None:
         """Receiver: events were lost; ``subscribed`` with ``resumed: false`` tells
         each subscriber to reload the session and carry on from the new seq."""
         self._counters["resyncs"] += 1
-        state = self._history.state(session_id, self._clock())
-        text = encode(Subscribed(session_id, state.seq, state.epoch, False))
-        self._fan_out(tuple(self._registry.sinks_of(session_id)), text)
+        try:
+            state = self._history.state(session_id, self._clock())
+            text = encode(Subscribed(session_id, state.seq, state.epoch, False))
+            self._fan_out(tuple(self._registry.sinks_of(session_id)), text)
+        except Exception as exc:
+            self._contain(session_id, "telling subscribers to reload", exc)
 
     def decided(self, request_id: str, decision: PermissionDecision) -> None:
         """Receiver: a permission request was decided."""
@@ -685,21 +791,24 @@ class Hub:
         slow-consumer policy may merge its deltas); other frames as the text."""
         item: Queued | None = text if session_id is None else None
         for connection in connections:
-            try_send = connection.try_send
-            if try_send is not None and not connection.sending and not connection.outbox:
-                try:
-                    sent = try_send(text)
-                except Exception as exc:
-                    self._broken(connection, exc)
-                    continue
-                if sent:
+            # Whatever goes wrong here is this connection's: it is closed, the loop goes on.
+            try:
+                try_send = connection.try_send
+                if (
+                    try_send is not None
+                    and not connection.sending
+                    and not connection.outbox
+                    and try_send(text)
+                ):
                     connection.frames_sent += 1
                     connection.bytes_sent += len(text)
                     continue
-            if item is None:
-                assert session_id is not None
-                item = Frame(text, session_id, is_delta)
-            self._queue(connection, item, len(text))
+                if item is None:
+                    assert session_id is not None
+                    item = Frame(text, session_id, is_delta)
+                self._queue(connection, item, len(text))
+            except Exception as exc:
+                self._broken(connection, exc)
 
     def _queue(self, connection: Connection, item: Queued, size: int) -> None:
         connection.enqueue(item, size)
@@ -750,8 +859,8 @@ class Hub:
     def _writer_done(self, task: asyncio.Task[None]) -> None:
         self._writers -= 1
         self._writer_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:  # pragma: no cover - a bug
-            logger.error("writer task failed", exc_info=task.exception())
+        if not task.cancelled() and (exc := task.exception()) is not None:  # pragma: no cover
+            self._contain(None, "a writer task", exc)
 
     async def _shielded_writer(self, connection: Connection) -> None:
         # Shielded from the surrounding scope so that a cancelled server still
@@ -760,6 +869,8 @@ class Hub:
             with anyio.CancelScope(shield=True) as scope:
                 connection.writer = scope
                 await self._writer(connection)
+        except Exception as exc:  # a bug: this connection's, not the task group's
+            self._contain(None, f"connection {connection.id}'s writer", exc)
         finally:
             self._writers -= 1
 
@@ -857,13 +968,31 @@ class Hub:
             self._drained.set()
         return True
 
+    def _contain(self, session_id: str | None, work: str, exc: BaseException) -> None:
+        """The containment rule: an unexpected error in the hub's work for one
+        session is logged with the session id, counted (``session_faults``)
+        and goes no further. The scheduler, the other sessions and every
+        connection keep running; one session's fault never ends the task group.
+        """
+        self._counters["session_faults"] += 1
+        logger.error(
+            "%s failed for session %s; other sessions are not affected",
+            work,
+            session_id,
+            exc_info=exc,
+            extra={"session_id": session_id},
+        )
+
     # -- deadlines ---------------------------------------------------------
 
     async def _scheduler(self) -> None:
         """The one task that drives every deadline of the hub."""
         while True:
             now = self._clock()
-            await self._run_due(now)
+            try:
+                await self._run_due(now)
+            except Exception as exc:  # each step takes its work before doing it: no loop
+                self._contain(None, "the scheduler's work", exc)
             deadlines: tuple[float | None, ...] = (
                 self._batcher.next_deadline(),
                 self._permissions.next_deadline(),
@@ -887,16 +1016,7 @@ class Hub:
         for pending in self._permissions.expired(now):
             if not self._running:
                 break
-            try:
-                if not await self.broker.expire_permission(pending.request_id):
-                    continue  # answered elsewhere just in time; the decision is on its way
-                denial = PermissionDecision(pending.request_id, allowed=False, timed_out=True)
-                self.decided(pending.request_id, denial)
-                await self._publish_in_order(
-                    PermissionTimeout(pending.session_id, pending.request_id)
-                )
-            except BrokerUnavailable as exc:
-                logger.warning("permission %s timed out unannounced: %s", pending.request_id, exc)
+            await self._expire_permission(pending)
         for session_id in self._history.evict_idle(now, self._registry.has_subscribers):
             logger.debug("forgot idle session %s", session_id)
         if now >= self._next_sweep:
@@ -904,6 +1024,20 @@ class Hub:
             self._next_sweep = now + self.config.writer_idle_seconds
 
     # -- permissions -------------------------------------------------------
+
+    async def _expire_permission(self, pending: PendingPermission) -> None:
+        denial = PermissionDecision(pending.request_id, allowed=False, timed_out=True)
+        try:
+            if not await self.broker.expire_permission(pending.request_id):
+                return  # answered elsewhere just in time; the decision is on its way
+            self.decided(pending.request_id, denial)
+            await self._publish_in_order(PermissionTimeout(pending.session_id, pending.request_id))
+        except BrokerUnavailable as exc:
+            logger.warning("permission %s timed out unannounced: %s", pending.request_id, exc)
+        except Exception as exc:
+            self._contain(pending.session_id, "timing out a permission request", exc)
+        # The agent waiting for it is never left waiting: denied here at the latest.
+        self.decided(pending.request_id, denial)
 
     async def _answer_permission(self, connection: Connection, message: PermissionResponse) -> None:
         decision = PermissionDecision(
@@ -948,6 +1082,7 @@ class Hub:
             unknown_agent_events=self.transformer.unknown_events,
             lost_batches=counters["lost_batches"],
             resyncs=counters["resyncs"],
+            session_faults=counters["session_faults"],
             broker=dict(self.broker.statistics()),
             outboxes=connections,
         )

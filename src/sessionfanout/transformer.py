@@ -36,6 +36,7 @@ from .events import (
     ToolResult,
     ToolStart,
 )
+from .permissions import PermissionBroker
 
 __all__ = ("EventTransformer", "Handler", "UnknownEventPolicy")
 
@@ -138,8 +139,6 @@ class EventTransformer:
     def _permission_request(
         self, session_id: str, event: AgentPermissionRequest
     ) -> Sequence[SessionEvent]:
-        # The hub gives the request its unguessable id when the agent left it out.
-        info = PermissionRequestInfo(
-            event.request_id or "", event.tool_name, event.command, event.description
-        )
+        request_id = event.request_id or PermissionBroker.new_request_id()
+        info = PermissionRequestInfo(request_id, event.tool_name, event.command, event.description)
         return (PermissionRequest(session_id, info),)
