@@ -23,6 +23,7 @@ from sessionfanout import (
     TextComplete,
     ToolResult,
 )
+from sessionfanout.codec import encode
 from sessionfanout.redis_broker import RedisBroker
 from tests.hubtools import RecordingSink, connect, subscribe, wait_for
 
@@ -304,3 +305,129 @@ async def test_leaving_the_hub_delivers_the_last_flushed_deltas_first(redis_serv
         await only.queue_delta("s", "last words")
     assert ["last words"] == [f["delta"] for f in sink.of_type("text_delta")]
     assert (1001, "server shutting down") == sink.closed
+
+
+def signed_hub(server: Any) -> Hub:
+    return hub(server, secret="s3cret", prefix="sf")
+
+
+async def raw_client(server: Any) -> aioredis.Redis:
+    return aioredis.Redis.from_url(server.url, decode_responses=True)
+
+
+def results(sink: RecordingSink, session_id: str) -> list[tuple[int, str]]:
+    return [(f["seq"], f["result"]) for f in events(sink, session_id) if "result" in f]
+
+
+async def test_a_replay_renumbered_as_the_next_seq_is_dropped_and_the_real_one_delivered(
+    redis_server: Any,
+) -> None:
+    async with signed_hub(redis_server) as a, signed_hub(redis_server) as b:
+        connection, sink = await connect(a)
+        await subscribe(a, connection, "s")
+        await b.broadcast_to_session("s", ToolResult("s", "u1", "t", "one"))
+        await wait_for(lambda: len(events(sink, "s")) == 1)
+        raw = await raw_client(redis_server)
+        epoch = await raw.hget("sf:s:meta:s", "epoch")
+        _, _, placeless = (await raw.lindex("sf:s:log:s", 0)).partition("|")
+        await raw.publish("sf:ev:s", f"{epoch}|2|{placeless}")
+        await raw.aclose()
+        await wait_for(lambda: a.statistics().broker["forged"] >= 1)
+        await b.broadcast_to_session("s", ToolResult("s", "u2", "t", "two"))
+        await b.broadcast_to_session("s", ToolResult("s", "u3", "t", "three"))
+        await wait_for(lambda: len(events(sink, "s")) == 3)
+    assert [(1, "one"), (2, "two"), (3, "three")] == results(sink, "s")
+
+
+async def test_an_envelope_moved_to_a_new_epoch_of_its_session_is_dropped_and_counted(
+    redis_server: Any,
+) -> None:
+    """An event of a lost incarnation of the session (its keys idled out of Redis)
+    replayed into the new one, at the seq it had."""
+    async with signed_hub(redis_server) as a, signed_hub(redis_server) as b:
+        await b.broadcast_to_session("s", ToolResult("s", "u1", "t", "old"))
+        raw = await raw_client(redis_server)
+        entry = await raw.lindex("sf:s:log:s", 0)
+        await raw.delete("sf:s:meta:s", "sf:s:log:s")
+        connection, sink = await connect(a)
+        await subscribe(a, connection, "s")
+        epoch = await raw.hget("sf:s:meta:s", "epoch")
+        await raw.publish("sf:ev:s", f"{epoch}|{entry}")
+        await raw.aclose()
+        await wait_for(lambda: a.statistics().broker["forged"] >= 1)
+        await b.broadcast_to_session("s", ToolResult("s", "u1", "t", "new"))
+        await wait_for(lambda: len(events(sink, "s")) == 1)
+    assert [(1, "new")] == results(sink, "s")
+
+
+async def test_an_envelope_moved_to_another_session_is_dropped_and_counted(
+    redis_server: Any,
+) -> None:
+    async with signed_hub(redis_server) as a, signed_hub(redis_server) as b:
+        await b.broadcast_to_session("s", ToolResult("s", "u1", "t", "of s"))
+        connection, sink = await connect(a)
+        await subscribe(a, connection, "other")
+        raw = await raw_client(redis_server)
+        entry = await raw.lindex("sf:s:log:s", 0)
+        epoch = await raw.hget("sf:s:meta:other", "epoch")
+        await raw.publish("sf:ev:other", f"{epoch}|{entry}")
+        await raw.aclose()
+        await wait_for(lambda: a.statistics().broker["forged"] >= 1)
+        await b.broadcast_to_session("other", ToolResult("other", "u1", "t", "of other"))
+        await wait_for(lambda: len(events(sink, "other")) == 1)
+    assert [(1, "of other")] == results(sink, "other")
+
+
+async def test_a_replay_renumbered_in_the_history_is_dropped_and_the_clients_told_to_reload(
+    redis_server: Any,
+) -> None:
+    """Written into the history as the next seq, a replay is not delivered from it
+    when a process catches up; the seq it took cannot be delivered in order, so
+    clients are told to reload, and later events flow."""
+    async with signed_hub(redis_server) as a, signed_hub(redis_server) as b:
+        connection, sink = await connect(a)
+        await subscribe(a, connection, "s")
+        await b.broadcast_to_session("s", ToolResult("s", "u1", "t", "one"))
+        await wait_for(lambda: len(events(sink, "s")) == 1)
+        raw = await raw_client(redis_server)
+        _, _, placeless = (await raw.lindex("sf:s:log:s", 0)).partition("|")
+        await raw.rpush("sf:s:log:s", f"2|{placeless}")
+        await raw.hincrby("sf:s:meta:s", "seq", 1)
+        await raw.aclose()
+        await b.broadcast_to_session("s", ToolResult("s", "u3", "t", "three"))  # seq 3: a gap
+        await wait_for(lambda: a.statistics().broker["forged"] >= 1)
+        await b.broadcast_to_session("s", ToolResult("s", "u4", "t", "four"))
+        await wait_for(lambda: results(sink, "s")[-1:] == [(4, "four")])
+    assert [(1, "one"), (4, "four")] == results(sink, "s")
+    assert [3] == [f["seq"] for f in sink.of_type("subscribed")[1:]], "reload from seq 3"
+
+
+async def test_two_processes_publishing_to_one_session_share_one_gap_free_sequence(
+    redis_server: Any,
+) -> None:
+    """Pipelined publications of two processes race for the same seqs: each is
+    committed once, with no gap, and each process's in the order it made them."""
+    async with signed_hub(redis_server) as a, signed_hub(redis_server) as b:
+        watcher, sink = await connect(a)
+        await subscribe(a, watcher, "s")
+
+        async def produce(h: Hub, name: str) -> None:
+            acks = []
+            for n in range(300):
+                body = encode(ToolResult("s", f"{name}{n}", "t", name))
+                acks.append(h.broker.publish("s", body, False))
+                if n % 7 == 0:
+                    await anyio.lowlevel.checkpoint()
+            for ack in acks:
+                assert ack is not None
+                await ack
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce, a, "a")
+            tg.start_soon(produce, b, "b")
+        await wait_for(lambda: len(events(sink, "s")) == 600)
+    frames = events(sink, "s")
+    check_gap_free(frames)
+    for name in ("a", "b"):
+        mine = [f["toolUseId"] for f in frames if f["result"] == name]
+        assert [f"{name}{n}" for n in range(300)] == mine

@@ -6,10 +6,19 @@
 Needs the ``redis`` extra (redis-py's asyncio client, so the hub runs on
 asyncio). How it works:
 
-- Publishing runs a Lua script that, in one step, increments the session's
-  seq, appends the entry to its capped history list, refreshes the idle TTL
-  and publishes ``epoch|seq|entry`` on the session's channel. One task sends
-  every publication of this process in call order, pipelined.
+- Publishing is an optimistic compare-and-append. The signature binds each
+  event to its epoch and seq (see ``envelope``), and the secret never goes to
+  Redis, so the publisher numbers events itself: it predicts where each
+  session it publishes to is (epoch and last seq; the last few thousand
+  sessions), signs the session's events of a round for the places that
+  follow, and a Lua script appends them (capped history list, idle TTL,
+  one message each on the session's channel) only if the session is exactly
+  there; a session without an epoch starts with the one the publisher
+  proposes. Otherwise the script writes nothing and says where the session
+  is; those events are signed again for that place and sent before anything
+  newer. Every round commits something, so it makes progress under
+  contention. One task sends every publication of this process in call
+  order, pipelined.
 - This process subscribes (on a pub/sub connection of its own) to the
   channels of the sessions it has local subscribers for, plus one channel for
   global events and one for permission decisions. The first local
@@ -27,6 +36,17 @@ asyncio). How it works:
   process is checked and claimed by one script (first valid answer wins,
   exactly once) and published to every process; the timeout claims it the
   same way.
+
+Keys and channels (``prefix`` is ``sessionfanout`` by default; entries and
+messages as in ``envelope``):
+
+- ``{prefix}:s:meta:{session}``: hash of ``epoch``, ``seq`` (the last one
+  committed) and ``bytes`` (the history's size).
+- ``{prefix}:s:log:{session}``: the history, entries ``seq|sig|kind|body``.
+- ``{prefix}:ev:{session}``: channel of ``epoch|seq|sig|kind|body``.
+- ``{prefix}:global`` and ``{prefix}:permission``: channels of ``sig|body``.
+- ``{prefix}:control:{process}``: this process's flush markers.
+- ``{prefix}:perm:{request}``: a pending permission request's session id.
 """
 
 from __future__ import annotations
@@ -36,7 +56,7 @@ import json
 import logging
 import random
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Generator, Mapping, Set
 from typing import Any
 
@@ -59,25 +79,42 @@ __all__ = ("RedisBroker",)
 
 logger = logging.getLogger("sessionfanout.redis")
 
+# KEYS: meta, log. ARGV: channel, epoch, fresh ("1": the epoch is new, to start
+# the session with if it has none), first seq, max events, max bytes, TTL (ms),
+# then the entries, numbered from the first seq. Returns the last seq, or where
+# the session is ({epoch or "", seq}) when that is not where the entries go.
 PUBLISH = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[3]
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+local epoch, seq = meta[1], tonumber(meta[2]) or 0
+local fresh = not epoch and ARGV[3] == '1'
+if fresh then
+  epoch, seq = ARGV[2], 0
 end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local entry = seq .. '|' .. ARGV[2]
-local n = redis.call('RPUSH', KEYS[2], entry)
-local bytes = redis.call('HINCRBY', KEYS[1], 'bytes', #entry)
-local max_events, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
+if epoch ~= ARGV[2] or seq + 1 ~= tonumber(ARGV[4]) then
+  return {meta[1] or '', tonumber(meta[2]) or 0}
+end
+local bytes = 0
+if fresh then
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+else
+  bytes = tonumber(redis.call('HGET', KEYS[1], 'bytes')) or 0
+end
+local n = 0
+for i = 8, #ARGV do
+  n = redis.call('RPUSH', KEYS[2], ARGV[i])
+  bytes = bytes + #ARGV[i]
+  redis.call('PUBLISH', ARGV[1], epoch .. '|' .. ARGV[i])
+end
+local max_events, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6])
 while n > 0 and (n > max_events or bytes > max_bytes) do
-  local old = redis.call('LPOP', KEYS[2])
-  bytes = redis.call('HINCRBY', KEYS[1], 'bytes', -#old)
+  bytes = bytes - #redis.call('LPOP', KEYS[2])
   n = n - 1
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
-redis.call('PUBLISH', ARGV[1], epoch .. '|' .. entry)
+seq = seq + #ARGV - 7
+redis.call('HSET', KEYS[1], 'seq', seq, 'bytes', bytes)
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
 return seq
 """
 
@@ -103,13 +140,19 @@ return 0
 
 CONNECTION_ERRORS = (RedisError, OSError, TimeoutError)
 PIPELINE_MAX = 512
+PREDICTIONS_MAX = 4096
+PING_TIMEOUT = 5.0
 
 
 @attrs.define
 class _Outgoing:
-    """One publication waiting for its turn on the wire."""
+    """One publication waiting for its turn on the wire: a session event
+    (``session_id`` set; numbered and signed when it is sent) or a ``command``."""
 
-    command: tuple[Any, ...]
+    command: tuple[Any, ...] = ()
+    session_id: str | None = None
+    body: str = ""
+    is_delta: bool = False
     done: anyio.Event = attrs.field(factory=anyio.Event)
     error: BaseException | None = None
 
@@ -158,13 +201,25 @@ class RedisBroker:
         self._watching: dict[str, int] = {}
         self._seeding: dict[str, anyio.Event] = {}
         self._confirmed: dict[str, anyio.Event] = {}
+        # Where each session this process publishes to is believed to be: its
+        # epoch and last seq, least recently used first. A miss costs a retry.
+        self._predictions: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._connected = anyio.Event()
         self._scope = anyio.CancelScope()
         self._connection_scope = anyio.CancelScope()
         self._process_id = secrets.token_urlsafe(9)
         self._markers: dict[str, anyio.Event] = {}
         self._counters = dict.fromkeys(
-            ("published", "received", "forged", "gaps_filled", "resyncs", "reconnects", "failed"),
+            (
+                "published",
+                "retried",
+                "received",
+                "forged",
+                "gaps_filled",
+                "resyncs",
+                "reconnects",
+                "failed",
+            ),
             0,
         )
 
@@ -238,7 +293,7 @@ class RedisBroker:
         marker = secrets.token_urlsafe(9)
         arrived = self._markers[marker] = anyio.Event()
         try:
-            await self._enqueue(("PUBLISH", self._control_channel, marker))
+            await self._enqueue(_Outgoing(("PUBLISH", self._control_channel, marker)))
             with anyio.move_on_after(5):
                 await arrived.wait()
         except BrokerUnavailable:
@@ -271,33 +326,15 @@ class RedisBroker:
     # -- publishing -----------------------------------------------------------
 
     def publish(self, session_id: str, body: str, is_delta: bool) -> _Outgoing:
-        context = self._ctx()
-        history = context.history
-        payload = self._signer.pack_event(session_id, body, is_delta)
-        return self._enqueue(
-            (
-                "EVALSHA",
-                self._scripts["publish"].sha,
-                2,
-                self._key(session_id, "meta"),
-                self._key(session_id, "log"),
-                self._channel(session_id),
-                payload,
-                secrets.token_urlsafe(9),
-                history.max_events,
-                history.max_bytes,
-                self._ttl_ms(),
-            )
-        )
+        return self._enqueue(_Outgoing(session_id=session_id, body=body, is_delta=is_delta))
 
     def publish_global(self, text: str) -> _Outgoing:
         message = self._signer.pack("global", text)
-        return self._enqueue(("PUBLISH", self._global_channel, message))
+        return self._enqueue(_Outgoing(("PUBLISH", self._global_channel, message)))
 
-    def _enqueue(self, command: tuple[Any, ...]) -> _Outgoing:
+    def _enqueue(self, outgoing: _Outgoing) -> _Outgoing:
         if not self._available:
             raise BrokerUnavailable(f"Redis at {self.url} is unavailable")
-        outgoing = _Outgoing(command)
         self._outgoing.append(outgoing)
         self._wake_publisher.set()
         return outgoing
@@ -315,8 +352,7 @@ class RedisBroker:
                 self._wake_publisher = anyio.Event()
                 await self._wake_publisher.wait()
                 continue
-            count = min(PIPELINE_MAX, len(self._outgoing))
-            batch = [self._outgoing.popleft() for _ in range(count)]
+            batch = self._next_batch()
             try:
                 await self._send(batch)
             except CONNECTION_ERRORS as exc:
@@ -326,26 +362,115 @@ class RedisBroker:
                 self._counters["failed"] += len(batch)
                 self._lost_connection()
 
+    def _next_batch(self) -> list[_Outgoing]:
+        """What goes in the next round trip: the waiting publications, in call order.
+
+        A command (a flush marker, a global event) follows no session event in
+        its batch: such an event may be sent again after the batch, and must
+        not arrive after what was published later.
+        """
+        outgoing, batch = self._outgoing, [self._outgoing.popleft()]
+        events = batch[0].session_id is not None
+        while outgoing and len(batch) < PIPELINE_MAX:
+            if outgoing[0].session_id is None:
+                if events:
+                    break
+            else:
+                events = True
+            batch.append(outgoing.popleft())
+        return batch
+
     async def _send(self, batch: list[_Outgoing]) -> None:
+        """Send a batch; what went to a session that was not where predicted goes again."""
         assert self._commands is not None
         while batch:
+            calls = self._calls(batch)
             async with self._commands.pipeline(transaction=False) as pipe:
-                for outgoing in batch:
-                    pipe.execute_command(*outgoing.command)
+                for command, _, _ in calls:
+                    pipe.execute_command(*command)
                 results = await pipe.execute(raise_on_error=False)
             retry: list[_Outgoing] = []
-            for outgoing, result in zip(batch, results, strict=True):
+            reload = False
+            for (_, group, epoch), result in zip(calls, results, strict=True):
+                session_id = group[0].session_id
                 if isinstance(result, NoScriptError):
-                    retry.append(outgoing)  # not run: Redis restarted and lost the script
+                    reload = True  # not run: Redis restarted and lost the script
+                    retry += group
                 elif isinstance(result, Exception):
-                    self._counters["failed"] += 1
-                    outgoing.finish(result)
+                    self._counters["failed"] += len(group)
+                    for outgoing in group:
+                        outgoing.finish(result)
+                elif isinstance(result, list):
+                    assert session_id is not None
+                    actual_epoch, actual_seq = result
+                    self._predict(session_id, actual_epoch or None, int(actual_seq))
+                    self._counters["retried"] += len(group)
+                    retry += group
                 else:
-                    self._counters["published"] += 1
-                    outgoing.finish()
-            if retry:
+                    if session_id is not None:
+                        self._predict(session_id, epoch, int(result))
+                    self._counters["published"] += len(group)
+                    for outgoing in group:
+                        outgoing.finish()
+            if reload:
                 await self._load_scripts()
             batch = retry
+
+    def _calls(self, batch: list[_Outgoing]) -> list[tuple[tuple[Any, ...], list[_Outgoing], str]]:
+        """One command per session (its events in call order), and the epoch it signs for."""
+        groups: list[list[_Outgoing]] = []
+        runs: dict[str, list[_Outgoing]] = {}
+        for outgoing in batch:
+            session_id = outgoing.session_id
+            if session_id is None:
+                groups.append([outgoing])
+            elif session_id in runs:
+                runs[session_id].append(outgoing)
+            else:
+                groups.append(runs.setdefault(session_id, [outgoing]))
+        history = self._ctx().history
+        limits = (history.max_events, history.max_bytes, self._ttl_ms())
+        calls = []
+        for group in groups:
+            session_id = group[0].session_id
+            if session_id is None:
+                calls.append((group[0].command, group, ""))
+                continue
+            predicted = self._predictions.get(session_id)
+            if predicted is None:
+                (epoch, seq), fresh = (secrets.token_urlsafe(9), 0), "1"
+            else:
+                (epoch, seq), fresh = predicted, "0"
+            pack = self._signer.pack_entry
+            entries = [
+                pack(session_id, epoch, seq + n, o.body, o.is_delta) for n, o in enumerate(group, 1)
+            ]
+            command = (
+                "EVALSHA",
+                self._scripts["publish"].sha,
+                2,
+                self._key(session_id, "meta"),
+                self._key(session_id, "log"),
+                self._channel(session_id),
+                epoch,
+                fresh,
+                seq + 1,
+                *limits,
+                *entries,
+            )
+            calls.append((command, group, epoch))
+        return calls
+
+    def _predict(self, session_id: str, epoch: str | None, seq: int) -> None:
+        """Where the session is now; None: it has no epoch, the next round starts one."""
+        predictions = self._predictions
+        if epoch is None:
+            predictions.pop(session_id, None)
+            return
+        predictions[session_id] = (epoch, seq)
+        predictions.move_to_end(session_id)
+        if len(predictions) > PREDICTIONS_MAX:
+            predictions.popitem(last=False)
 
     def _lost_connection(self) -> None:
         if self._available:
@@ -476,9 +601,26 @@ class RedisBroker:
                 logger.warning("dropped a forged history entry of %s: %s", session_id, exc)
         return envelopes
 
+    def _unbroken(
+        self, session_id: str, epoch: str, seq: int, entries: list[str]
+    ) -> list[Envelope]:
+        """The verified entries that end at ``seq`` with no seq missing, oldest first.
+
+        What comes before a hole (an entry dropped as forged, or deleted) cannot
+        be delivered in order: it is left out, as if the history were shorter.
+        """
+        run: list[Envelope] = []
+        for envelope in reversed(self._verified(session_id, epoch, entries)):
+            if envelope.seq < seq - len(run):
+                break
+            if envelope.seq == seq - len(run):  # skips copies and what lies beyond seq
+                run.append(envelope)
+        run.reverse()
+        return run
+
     async def _seed(self, session_id: str) -> None:
         epoch, seq, entries = await self._fetch(session_id)
-        frames = [e.text for e in self._verified(session_id, epoch, entries) if e.seq <= seq]
+        frames = [e.text for e in self._unbroken(session_id, epoch, seq, entries)]
         self._ctx().history.seed(session_id, epoch, seq, frames, self._ctx().clock())
 
     async def _catch_up(self, session_id: str) -> None:
@@ -488,7 +630,7 @@ class RedisBroker:
         epoch, seq, entries = await self._fetch(session_id)
         if known is not None and known.epoch == epoch and known.seq >= seq:
             return
-        envelopes = self._verified(session_id, epoch, entries)
+        envelopes = self._unbroken(session_id, epoch, seq, entries)
         first = envelopes[0].seq if envelopes else seq + 1
         if known is not None and known.epoch == epoch and first <= known.seq + 1:
             now = self._ctx().clock()
