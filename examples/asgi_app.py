@@ -29,11 +29,10 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from sessionfanout import ConfigChanged, Connection, Hub, HubClosed, HubConfig
+from sessionfanout import MAX_ID_LENGTH, ConfigChanged, Connection, Hub, HubClosed, HubConfig
 
 DEMO = Path(__file__).parent / "demo"
 MAX_BODY_BYTES = 2 * 1024 * 1024
-MAX_ID_LENGTH = 256
 logger = logging.getLogger("sessionfanout.examples")
 
 

@@ -24,7 +24,7 @@ from mock_agent import MockOptions
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from sessionfanout import Connection, CustomFrame, Hub, HubClosed, ProtocolError
+from sessionfanout import MAX_ID_LENGTH, Connection, CustomFrame, Hub, HubClosed, ProtocolError
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # above the hub's limit, so the hub answers too_large
 logger = logging.getLogger("sessionfanout.examples")
@@ -53,10 +53,10 @@ async def incoming(websocket: ServerConnection) -> AsyncIterator[str | bytes]:
 
 def session_of(frame: CustomFrame) -> str:
     session_id = frame.data.get("sessionId")
-    if not isinstance(session_id, str) or not 0 < len(session_id) <= 256:
+    if not isinstance(session_id, str) or not 0 < len(session_id) <= MAX_ID_LENGTH:
         raise ProtocolError(
             "invalid_message",
-            "field 'sessionId' must be a string of 1 to 256 characters",
+            f"field 'sessionId' must be a string of 1 to {MAX_ID_LENGTH} characters",
             frame.type,
         )
     return session_id
