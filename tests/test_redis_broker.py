@@ -307,6 +307,45 @@ async def test_leaving_the_hub_delivers_the_last_flushed_deltas_first(redis_serv
     assert (1001, "server shutting down") == sink.closed
 
 
+async def test_publishing_goes_on_while_the_pubsub_connections_reconnect(
+    redis_server: Any,
+) -> None:
+    """Only the pub/sub connections drop (CLIENT KILL TYPE pubsub) while a process
+    publishes: no publish fails, and the subscribers of both processes get every
+    event, gap-free and whole (the publisher's own ones from its catch-up)."""
+    async with hub(redis_server) as a, hub(redis_server) as b:
+        sinks = []
+        for h in (a, b):
+            connection, sink = await connect(h)
+            await subscribe(h, connection, "s")
+            sinks.append(sink)
+        words: list[str] = []
+
+        async def say(n: int) -> None:
+            words.append(f"w{n} ")
+            await b.queue_delta("s", f"w{n} ", "t1")
+            await b.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", str(n)))
+
+        for n in range(10):
+            await say(n)
+        admin = aioredis.Redis.from_url(redis_server.url)
+        await admin.client_kill_filter(_type="pubsub")
+        await admin.aclose()
+        with anyio.fail_after(20):
+            while b.statistics().broker["reconnects"] < 1:  # all through the reconnect
+                await say(len(words))
+        for n in range(len(words), len(words) + 10):
+            await say(n)
+        await b.broadcast_to_session("s", Complete("s"))
+        await wait_for(lambda: all(sink.of_type("complete") for sink in sinks))
+    for sink in sinks:
+        frames = events(sink, "s")
+        check_gap_free(frames)
+        assert "".join(words) == "".join(f["delta"] for f in frames if f["type"] == "text_delta")
+        results = [f["result"] for f in frames if f["type"] == "tool_result"]
+        assert [str(n) for n in range(len(words))] == results
+
+
 def signed_hub(server: Any) -> Hub:
     return hub(server, secret="s3cret", prefix="sf")
 

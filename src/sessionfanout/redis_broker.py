@@ -31,7 +31,9 @@ asyncio). How it works:
   ``subscribed`` with ``resumed: false``, the protocol's "reload" signal.
 - When Redis goes away, ``publish`` raises ``BrokerUnavailable`` at once; the
   broker reconnects with backoff, subscribes again and catches every watched
-  session up as above, so no client sees a silent gap.
+  session up as above, so no client sees a silent gap. When only the pub/sub
+  connection drops, publishing goes on: local subscribers get what was
+  published meanwhile from that catch-up.
 - A permission request is a key holding its session id; an answer from any
   process is checked and claimed by one script (first valid answer wins,
   exactly once) and published to every process; the timeout claims it the
@@ -492,23 +494,28 @@ class RedisBroker:
                     logger.info("Redis pub/sub unavailable (%s); retrying in %.2fs", exc, delay)
                 else:
                     delay = 0.05
-            self._available = False
-            self._fail_outgoing(BrokerUnavailable("Redis connection lost"))
+            # Publishing needs only the command connection: it goes on while this
+            # one reconnects (the catch-up then delivers what it missed here).
+            if self._available and not await self._commands_answer():
+                self._lost_connection()
             await anyio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.reconnect_max_delay)
+
+    async def _commands_answer(self) -> bool:
+        assert self._commands is not None
+        with anyio.move_on_after(PING_TIMEOUT), contextlib.suppress(*CONNECTION_ERRORS):
+            await self._commands.ping()
+            return True
+        return False
 
     async def _listen(self) -> None:
         assert self._subscriber is not None
         pubsub = self._subscriber.pubsub()
         try:
-            self._pubsub = pubsub
-            self._confirmed = {}
-            channels = [self._global_channel, self._permission_channel, self._control_channel]
-            channels += [self._channel(s) for s in self._watching]
-            await pubsub.subscribe(*channels)
-            await self._read_until_confirmed(pubsub, set(channels))
             await self._load_scripts()
-            await self._catch_up_all()
+            await self._subscribe_all(pubsub)
+            # Only now: until here, ``watch`` leaves new sessions to _subscribe_all.
+            self._pubsub = pubsub
             if self._connected.is_set():
                 self._counters["reconnects"] += 1
             self._available = True
@@ -522,6 +529,27 @@ class RedisBroker:
             with anyio.CancelScope(shield=True), contextlib.suppress(*CONNECTION_ERRORS):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
 
+    async def _subscribe_all(self, pubsub: PubSub) -> None:
+        """Subscribe to every channel this process needs; catch up each watched session.
+
+        Sessions watched meanwhile are subscribed and caught up too.
+        """
+        subscribed: set[str] = set()
+        while True:
+            wanted: dict[str, str | None] = dict.fromkeys(
+                (self._global_channel, self._permission_channel, self._control_channel)
+            )
+            wanted.update((self._channel(s), s) for s in self._watching)
+            missing = {c: s for c, s in wanted.items() if c not in subscribed}
+            if not missing:
+                return
+            await pubsub.subscribe(*missing)
+            await self._read_until_confirmed(pubsub, set(missing))
+            subscribed.update(missing)
+            for session_id in missing.values():
+                if session_id is not None and session_id in self._watching:
+                    await self._catch_up(session_id)
+
     async def _read_until_confirmed(self, pubsub: PubSub, channels: set[str]) -> None:
         while channels:
             message = await pubsub.get_message(timeout=None)
@@ -529,8 +557,7 @@ class RedisBroker:
                 continue
             if message["type"] == "subscribe":
                 channels.discard(message["channel"])
-            else:
-                await self._dispatch(message)
+            await self._dispatch(message)
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]
@@ -625,6 +652,9 @@ class RedisBroker:
 
     async def _catch_up(self, session_id: str) -> None:
         """Deliver what this process missed of the session, or tell its clients to reload."""
+        seeding = self._seeding.get(session_id)
+        if seeding is not None:
+            await seeding.wait()  # a watch is loading the session: go on from there
         context = self._ctx()
         known = context.history.peek(session_id)
         epoch, seq, entries = await self._fetch(session_id)
@@ -651,32 +681,35 @@ class RedisBroker:
             self._counters["resyncs"] += 1
             context.receiver.resync(session_id)
 
-    async def _catch_up_all(self) -> None:
-        for session_id in list(self._watching):
-            await self._catch_up(session_id)
-
     # -- watching ---------------------------------------------------------------
 
     async def watch(self, session_id: str) -> None:
         count = self._watching.get(session_id, 0)
         self._watching[session_id] = count + 1
-        if count or not self._available or self._pubsub is None:
-            return  # already watched, or the listener subscribes it when Redis is back
+        if count or not self._available:
+            return  # already watched, or the listener catches it up when Redis is back
         seeding = self._seeding[session_id] = anyio.Event()
         channel = self._channel(session_id)
         try:
-            confirmed = self._confirmed[channel] = anyio.Event()
-            await self._pubsub.subscribe(channel)
-            with anyio.fail_after(10):
-                await confirmed.wait()
+            pubsub = self._pubsub
+            if pubsub is not None:  # else the listener, reconnecting, subscribes it
+                try:
+                    confirmed = self._confirmed[channel] = anyio.Event()
+                    await pubsub.subscribe(channel)
+                    with anyio.fail_after(10):
+                        await confirmed.wait()
+                except CONNECTION_ERRORS as exc:
+                    # Still watched: the listener reconnects, subscribes and catches
+                    # it up from where the seed below leaves it.
+                    logger.info("subscribing to %s is delayed: %s", session_id, exc)
             await self._seed(session_id)
         except CONNECTION_ERRORS as exc:
-            # Still watched: the listener reconnects, subscribes and catches it up.
             logger.info("watching %s is delayed: %s", session_id, exc)
         except BaseException:
             self.unwatch(session_id)
             raise
         finally:
+            self._confirmed.pop(channel, None)
             del self._seeding[session_id]
             seeding.set()
 
