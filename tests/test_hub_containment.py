@@ -156,7 +156,7 @@ class FaultyBroker(LocalBroker):
     """A backplane with a bug that shows only in the work for session "bad"."""
 
     def publish(self, session_id: str, body: str, is_delta: bool) -> None:
-        if session_id == "bad" and is_delta:
+        if session_id == "bad":
             raise RuntimeError("bug in the backplane")
         super().publish(session_id, body, is_delta)
 
@@ -181,6 +181,15 @@ async def test_a_fault_in_one_sessions_batch_is_logged_counted_and_confined(
     assert 3 == stats.session_faults
     assert {"bad"} == {getattr(r, "session_id", None) for r in caplog.records}
     assert 1 == stats.connections
+
+
+async def test_a_fault_publishing_an_event_reaches_its_producer_counted_and_no_one_else() -> None:
+    async with Hub(FAST, broker=FaultyBroker()) as hub:
+        sink = await watched(hub, "bad", "other")
+        with pytest.raises(RuntimeError, match="bug"):
+            await hub.broadcast_to_session("bad", Complete("bad"))
+        assert 1 == hub.statistics().session_faults
+        await still_served(hub, sink)
 
 
 async def test_an_encoding_fault_in_the_scheduler_stays_with_its_session(

@@ -39,6 +39,7 @@ from .errors import (
     HubClosed,
     InvalidArgument,
     ProtocolError,
+    SessionFanoutError,
     SessionMismatch,
     UnknownConnection,
 )
@@ -718,7 +719,13 @@ class Hub:
         batch = self._batcher.flush(event.session_id)
         if batch is not None:
             self._publish_batch(batch)
-        return self.broker.publish(event.session_id, body, False)
+        try:
+            return self.broker.publish(event.session_id, body, False)
+        except SessionFanoutError:
+            raise
+        except Exception as exc:  # a bug: counted and logged, and the producer learns of it
+            self._contain(event.session_id, "publishing an event", exc)
+            raise
 
     def _publish_batch(self, batch: Batch) -> None:
         self._counters["batches"] += 1
