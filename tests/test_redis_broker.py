@@ -470,3 +470,17 @@ async def test_two_processes_publishing_to_one_session_share_one_gap_free_sequen
     for name in ("a", "b"):
         mine = [f["toolUseId"] for f in frames if f["result"] == name]
         assert [f"{name}{n}" for n in range(300)] == mine
+
+
+@pytest.mark.parametrize("secret", [None, "s3cret"])
+async def test_a_session_id_with_a_lone_surrogate_travels_like_any_other(
+    redis_server: Any, secret: str | None
+) -> None:
+    """Any Python string is a valid session id (JSON can carry it), UTF-8 or not."""
+    session_id = "s\ud800"
+    async with hub(redis_server, secret=secret) as a, hub(redis_server, secret=secret) as b:
+        connection, sink = await connect(a)
+        await subscribe(a, connection, session_id)
+        await b.broadcast_to_session(session_id, ToolResult(session_id, "u1", "t", "one"))
+        await wait_for(lambda: len(events(sink, session_id)) == 1)
+    assert [(1, "one")] == results(sink, session_id)

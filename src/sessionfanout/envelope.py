@@ -62,9 +62,11 @@ class Signer:
     def _sign(self, *fields: str) -> str:
         if self._key is None:
             return UNSIGNED
-        # Each field length-prefixed: no two field lists sign the same bytes.
-        message = "".join([f"{len(field)}:{field}" for field in fields]).encode()
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:32]
+        # Each field length-prefixed: no two field lists sign the same bytes. Any
+        # str may be a session id, lone surrogates included (JSON carries them).
+        message = "".join([f"{len(field)}:{field}" for field in fields])
+        data = message.encode("utf-8", "surrogatepass")
+        return hmac.new(self._key, data, hashlib.sha256).hexdigest()[:32]
 
     def _check(self, sig: str, *fields: str) -> None:
         if self._key is None:

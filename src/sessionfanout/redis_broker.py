@@ -260,6 +260,8 @@ class RedisBroker:
         # No silent retries: a lost connection must be seen, to catch up after it.
         options: dict[str, Any] = {
             "decode_responses": True,
+            # Any str is a valid session id, lone surrogates included (JSON carries them).
+            "encoding_errors": "surrogatepass",
             "retry": Retry(NoBackoff(), 0),
             "client_name": self.client_name,
         }
