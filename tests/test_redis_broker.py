@@ -484,3 +484,32 @@ async def test_a_session_id_with_a_lone_surrogate_travels_like_any_other(
         await b.broadcast_to_session(session_id, ToolResult(session_id, "u1", "t", "one"))
         await wait_for(lambda: len(events(sink, session_id)) == 1)
     assert [(1, "one")] == results(sink, session_id)
+
+
+async def test_a_client_subscribing_while_the_pubsub_connection_reconnects_resumes(
+    redis_server: Any,
+) -> None:
+    """The session is loaded over the command connection: the reply has its real
+    epoch and seq, and later events follow with no gap and no reload."""
+    config = HubConfig(client_rate=None, close_timeout=1)
+    a = Hub(config, broker=RedisBroker(redis_server.url, client_name="process-a"))
+    async with a, hub(redis_server) as b:
+        for n in range(5):
+            await b.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", str(n)))
+        raw = await raw_client(redis_server)
+        epoch = await raw.hget("sessionfanout:s:meta:s", "epoch")
+        [victim] = [
+            c["id"]
+            for c in await raw.client_list()
+            if c["name"] == "process-a" and c["sub"] != "0"  # its pub/sub connection
+        ]
+        await raw.client_kill_filter(_id=victim)
+        await raw.aclose()
+        connection, sink = await connect(a)
+        reply = await subscribe(a, connection, "s", lastSeq=2, epoch=epoch)
+        for n in range(5, 10):
+            await b.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", str(n)))
+        await wait_for(lambda: results(sink, "s")[-1:] == [(10, "9")])
+    assert (True, 5, epoch) == (reply["resumed"], reply["seq"], reply["epoch"])
+    assert [(n + 1, str(n)) for n in range(2, 10)] == results(sink, "s")
+    assert [reply] == sink.of_type("subscribed"), "no reload"

@@ -16,9 +16,9 @@ asyncio). How it works:
   there; a session without an epoch starts with the one the publisher
   proposes. Otherwise the script writes nothing and says where the session
   is; those events are signed again for that place and sent before anything
-  newer. Every round commits something, so it makes progress under
-  contention. One task sends every publication of this process in call
-  order, pipelined.
+  newer. A round is refused only because another publication was committed,
+  so under contention they all make progress. One task sends every
+  publication of this process in call order, pipelined.
 - This process subscribes (on a pub/sub connection of its own) to the
   channels of the sessions it has local subscribers for, plus one channel for
   global events and one for permission decisions. The first local
@@ -362,8 +362,9 @@ class RedisBroker:
             except CONNECTION_ERRORS as exc:
                 logger.warning("publishing to Redis failed: %s", exc)
                 for outgoing in batch:
-                    outgoing.finish(exc)
-                self._counters["failed"] += len(batch)
+                    if not outgoing.done.is_set():  # not committed in an earlier round
+                        self._counters["failed"] += 1
+                        outgoing.finish(exc)
                 self._lost_connection()
 
     def _next_batch(self) -> list[_Outgoing]:
