@@ -1,12 +1,20 @@
-"""Cost of the sans-IO core: encoding per event, batching per delta.
+"""Cost of the core: encoding per event, batching per delta, delivery per frame.
 
 Run: ``.venv/bin/python benchmarks/core.py`` (or ``make bench``). Prints a
 table; numbers are for this machine and this run, compare them within a run.
+
+Each optimisation the library keeps is measured here beside its plain
+baseline, in the same run:
+
+- compiled per-class encoders vs the cattrs converter plus ``json.dumps``;
+- the direct write to an idle sink that offers ``try_send`` vs the same
+  frames through an outbox and a writer task.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import time
@@ -16,6 +24,8 @@ from typing import Any
 from sessionfanout import (
     Complete,
     DeltaBatcher,
+    Hub,
+    HubConfig,
     PermissionRequest,
     PermissionRequestInfo,
     TextComplete,
@@ -26,7 +36,10 @@ from sessionfanout import (
     encode,
     with_seq,
 )
-from sessionfanout.hub import BATCH_EARLY
+from sessionfanout.codec import unstructure
+from sessionfanout.publishing import BATCH_EARLY
+
+Row = tuple[str, float]
 
 
 def per_call(fn: Callable[[], Any], calls: int, repeat: int = 5) -> float:
@@ -54,13 +67,22 @@ def encode_rows(calls: int) -> list[tuple[str, float]]:
         ),
         ("complete", Complete("session-0001")),
     ]
-    rows = [(f"encode {name}", per_call(lambda e=e: encode(e), calls)) for name, e in events]
+    rows = []
+    for name, event in events:
+        compiled = per_call(lambda e=event: encode(e), calls)
+        plain = per_call(lambda e=event: _converter_json(e), calls)
+        rows.append((f"encode {name}", compiled))
+        rows.append((f"  baseline: converter + json.dumps ({plain / compiled:.1f}x)", plain))
     body = encode(events[0][1])
     stamp = per_call(lambda: with_seq(body, 12345), calls)
     rows.append(("with_seq (stamp seq on an encoded frame)", stamp))
     raw = json.dumps({"type": "subscribe", "sessionId": "session-0001", "lastSeq": 5, "epoch": "e"})
     rows.append(("decode_client subscribe", per_call(lambda: decode_client(raw), calls)))
     return rows
+
+
+def _converter_json(event: Any) -> str:
+    return json.dumps(unstructure(event), separators=(",", ":"))
 
 
 def batcher_rows(sessions: int, deltas_per_session: int) -> list[tuple[str, float]]:
@@ -99,12 +121,68 @@ def batcher_rows(sessions: int, deltas_per_session: int) -> list[tuple[str, floa
     ]
 
 
+class _Sink:
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def send(self, text: str) -> None:
+        self.count += 1
+
+    async def close(self, code: int, reason: str) -> None:
+        pass
+
+
+class _DirectSink(_Sink):
+    __slots__ = ()
+
+    def try_send(self, text: str) -> bool:
+        self.count += 1
+        return True
+
+
+async def _deliver(sink_type: type[_Sink], sessions: int, subscribers: int, events: int) -> float:
+    """Microseconds per delivered frame, paced as a streaming agent publishes."""
+    async with Hub(HubConfig(client_rate=None)) as hub:
+        sinks = []
+        for s in range(sessions):
+            for _ in range(subscribers):
+                sink = sink_type()
+                await hub.subscribe(await hub.connect(sink), f"session-{s}")
+                sinks.append(sink)
+        before = sum(sink.count for sink in sinks)
+        start = time.perf_counter()
+        for n in range(events):
+            for s in range(sessions):
+                session_id = f"session-{s}"
+                await hub.broadcast_to_session(session_id, ToolResult(session_id, str(n), "t", "x"))
+                await asyncio.sleep(0)
+        # Polling on purpose: counting sinks have nothing to wait on.
+        while sum(sink.count for sink in sinks) - before < sessions * subscribers * events:  # noqa: ASYNC110
+            await asyncio.sleep(0)
+        return (time.perf_counter() - start) / (sessions * subscribers * events) * 1e6
+
+
+def delivery_rows(sessions: int = 100, subscribers: int = 2, events: int = 100) -> list[Row]:
+    direct, writer = [], []
+    for _ in range(5):
+        direct.append(asyncio.run(_deliver(_DirectSink, sessions, subscribers, events)))
+        writer.append(asyncio.run(_deliver(_Sink, sessions, subscribers, events)))
+    fast, plain = statistics.median(direct), statistics.median(writer)
+    shape = f"{sessions}x{subscribers}, paced"
+    return [
+        (f"deliver a frame, direct write (try_send), {shape}", fast),
+        (f"  baseline: outbox + writer task ({plain / fast:.1f}x)", plain),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--sessions", type=int, default=10_000)
     args = parser.parse_args()
-    rows = encode_rows(args.calls) + batcher_rows(args.sessions, 20)
+    rows = encode_rows(args.calls) + delivery_rows() + batcher_rows(args.sessions, 20)
     width = max(len(name) for name, _ in rows)
     print(f"{'operation':<{width}}  us/op")
     print(f"{'-' * width}  -----")

@@ -8,6 +8,8 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import pytest
+from trio.testing import MockClock
 
 from sessionfanout import Connection, Hub
 from tests.conftest import RecordingSink
@@ -19,6 +21,7 @@ __all__ = (
     "StuckSink",
     "connect",
     "subscribe",
+    "virtual_clock",
     "wait_for",
 )
 
@@ -64,6 +67,14 @@ class DirectSink(RecordingSink):
         self.queued += 1
         await anyio.lowlevel.checkpoint()  # a real transport yields while it writes
         self.texts.append(text)
+
+
+def virtual_clock() -> Any:
+    """Run the test on trio's MockClock only: time-driven logic, exact and instant."""
+    return pytest.mark.parametrize(
+        "anyio_backend",
+        [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mockclock")],
+    )
 
 
 async def wait_for(predicate: Callable[[], bool], seconds: float = 10.0) -> None:

@@ -27,10 +27,10 @@ def test_the_compiled_encoders_write_what_the_converter_says(event: Any) -> None
     assert expected == codec.encode(event)
 
 
-@given(strategies.session_ids, st.text(), st.none() | strategies.ids)
-def test_encode_delta_equals_encoding_the_event(session_id: str, delta: str, turn: Any) -> None:
-    expected = codec.encode(ev.TextDelta(session_id, delta, turn))
-    assert expected == codec.encode_delta(session_id, delta, turn)
+def test_encode_delta_is_a_deprecated_alias_of_encoding_the_event() -> None:
+    with pytest.deprecated_call():
+        text = codec.encode_delta("s1", "hi", "t1")
+    assert codec.encode(ev.TextDelta("s1", "hi", "t1")) == text
 
 
 @given(strategies.client_messages)

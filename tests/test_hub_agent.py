@@ -9,7 +9,6 @@ from typing import Any
 
 import anyio
 import pytest
-from trio.testing import MockClock
 
 from sessionfanout import (
     AgentComplete,
@@ -22,7 +21,7 @@ from sessionfanout import (
     HubConfig,
     PermissionDecision,
 )
-from tests.hubtools import RecordingSink, connect, subscribe, wait_for
+from tests.hubtools import RecordingSink, connect, subscribe, virtual_clock, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -155,13 +154,6 @@ async def test_an_unanswered_request_is_denied_and_permission_timeout_broadcast(
         "requestId": decision.request_id,
         "seq": 2,
     } == timeout
-
-
-def virtual_clock() -> Any:
-    return pytest.mark.parametrize(
-        "anyio_backend",
-        [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mockclock")],
-    )
 
 
 @virtual_clock()

@@ -30,6 +30,7 @@ from tests.hubtools import (
     StuckSink,
     connect,
     subscribe,
+    virtual_clock,
     wait_for,
 )
 
@@ -106,12 +107,16 @@ async def test_deltas_are_coalesced_and_a_turn_change_splits_the_batch() -> None
     ] == [(f["delta"], f["turnId"], f["seq"]) for f in deltas]
 
 
-async def test_batches_go_out_on_their_own_after_the_interval() -> None:
-    async with Hub(FAST) as hub:
+@virtual_clock()
+async def test_batches_go_out_on_their_own_within_the_interval() -> None:
+    async with Hub(HubConfig(batch_interval=0.05)) as hub:
         connection, sink = await connect(hub)
         await subscribe(hub, connection, "s")
         await hub.queue_delta("s", "tick")
-        await wait_for(lambda: bool(sink.of_type("text_delta")))
+        await anyio.sleep(0.039)  # a batch may leave a fifth of the interval early, no sooner
+        assert [] == sink.of_type("text_delta")
+        await anyio.sleep(0.011)
+        assert ["tick"] == [f["delta"] for f in sink.of_type("text_delta")]
         assert 0 == hub.statistics().pending_deltas
 
 
@@ -338,8 +343,7 @@ async def test_an_idle_direct_sink_is_written_to_without_a_writer_task() -> None
         await hub.handle_message(connection, '{"type":"subscribe","sessionId":"s"}')
         for n in range(10):
             await hub.broadcast_to_session("s", ToolResult("s", str(n), "t", "x"))
-        assert connection.writer is None
-        assert not connection.sending
+        assert (None, "IDLE") == (connection.task, repr(connection.state))
         assert (12, 0) == (sink.direct, sink.queued), "connected, subscribed, 10 events"
         sink.room = False
         await hub.broadcast_to_session("s", Complete("s"))
@@ -370,18 +374,24 @@ async def test_a_writer_ended_before_it_ran_is_not_counted() -> None:
         await wait_for(lambda: hub.statistics().writers == 0)
 
 
+@virtual_clock()
 async def test_an_idle_writer_retires_and_a_new_one_starts_when_needed() -> None:
     """Idle connections cost no task; the next frame that must wait starts one."""
-    config = HubConfig(writer_idle_seconds=0.05)
+    config = HubConfig(writer_idle_seconds=1.0)
     async with Hub(config) as hub:
         connection, sink = await connect(hub)  # no try_send: every frame needs a writer
         await subscribe(hub, connection, "s")
         assert 1 == hub.statistics().writers
-        await wait_for(lambda: hub.statistics().writers == 0)
+        await anyio.sleep(0.9)
+        assert 1 == hub.statistics().writers, "parked, not yet idle long enough"
+        await anyio.sleep(1.2)  # the sweep runs once a second: retired within two
+        assert 0 == hub.statistics().writers
         for n in range(3):
             await hub.broadcast_to_session("s", ToolResult("s", str(n), "t", "x"))
-        await wait_for(lambda: len(sink.of_type("tool_result")) == 3)
+        await anyio.sleep(0.001)
+        assert 3 == len(sink.of_type("tool_result"))
         assert 1 == hub.statistics().writers
-        await wait_for(lambda: hub.statistics().writers == 0)
+        await anyio.sleep(2.1)
+        assert 0 == hub.statistics().writers
     assert ["0", "1", "2"] == [f["toolUseId"] for f in sink.of_type("tool_result")]
     assert (1001, "server shutting down") == sink.closed

@@ -102,9 +102,9 @@ class RecordingBroker(LocalBroker):
         super().__init__()
         self.texts: list[str] = []
 
-    def publish(self, session_id: str, body: str, is_delta: bool) -> None:
+    def publish(self, session_id: str, body: str, *, is_delta: bool) -> None:
         self.texts.append(body)
-        super().publish(session_id, body, is_delta)
+        super().publish(session_id, body, is_delta=is_delta)
 
     def publish_global(self, text: str) -> None:
         self.texts.append(text)

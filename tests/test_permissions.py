@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from sessionfanout import InvalidArgument, PermissionBroker
+from sessionfanout import InvalidArgument, PendingPermissions, PermissionBroker
 
 
 def test_first_answer_from_a_subscriber_decides_once() -> None:
-    broker = PermissionBroker()
+    broker = PendingPermissions()
     pending = broker.open("s", now=0, timeout=60)
     assert broker.answer(pending.request_id, {"other"}) is None, "not subscribed to s"
     assert pending == broker.answer(pending.request_id, {"s"})
@@ -15,7 +15,7 @@ def test_first_answer_from_a_subscriber_decides_once() -> None:
 
 
 def test_unanswered_requests_expire_at_their_deadline() -> None:
-    broker = PermissionBroker()
+    broker = PendingPermissions()
     late = broker.open("s", now=0, timeout=60)
     early = broker.open("s", now=0, timeout=5)
     assert 5 == broker.next_deadline()
@@ -33,7 +33,7 @@ def test_request_ids_are_random_and_long() -> None:
 
 
 def test_duplicate_ids_and_bad_timeouts_are_refused() -> None:
-    broker = PermissionBroker()
+    broker = PendingPermissions()
     broker.open("s", 0, 1, request_id="r")
     with pytest.raises(InvalidArgument):
         broker.open("s", 0, 1, request_id="r")
@@ -42,7 +42,13 @@ def test_duplicate_ids_and_bad_timeouts_are_refused() -> None:
 
 
 def test_close_all_ends_every_request() -> None:
-    broker = PermissionBroker()
+    broker = PendingPermissions()
     opened = {broker.open("s", 0, 1).request_id for _ in range(3)}
     assert opened == {p.request_id for p in broker.close_all()}
     assert broker.next_deadline() is None
+
+
+def test_the_old_name_permission_broker_still_works_and_warns() -> None:
+    with pytest.deprecated_call():
+        table = PermissionBroker()
+    assert isinstance(table, PendingPermissions)

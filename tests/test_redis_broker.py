@@ -454,7 +454,7 @@ async def test_two_processes_publishing_to_one_session_share_one_gap_free_sequen
             acks = []
             for n in range(300):
                 body = encode(ToolResult("s", f"{name}{n}", "t", name))
-                acks.append(h.broker.publish("s", body, False))
+                acks.append(h.broker.publish("s", body, is_delta=False))
                 if n % 7 == 0:
                     await anyio.lowlevel.checkpoint()
             for ack in acks:

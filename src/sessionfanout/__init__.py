@@ -20,6 +20,7 @@ from .agent import (
 from .batcher import Batch, DeltaBatcher
 from .broker import Broker, BrokerContext, LocalBroker, Receiver
 from .checks import MAX_ID_LENGTH
+from .clients import CustomFrameHandler
 from .codec import (
     DEFAULT_MAX_FRAME_BYTES,
     decode_client,
@@ -66,10 +67,11 @@ from .events import (
     Unsubscribe,
     Unsubscribed,
 )
-from .history import History, Recorded, SessionState
-from .hub import ConnectionStatistics, CustomFrameHandler, Hub, HubStatistics
-from .permissions import PendingPermission, PermissionBroker
+from .history import History, HistoryLimits, Recorded, SessionState
+from .hub import Hub
+from .permissions import PendingPermission, PendingPermissions, PermissionBroker
 from .registry import SubscriptionRegistry
+from .stats import ConnectionStatistics, HubStatistics
 from .transformer import EventTransformer, Handler, UnknownEventPolicy
 
 __version__ = "0.1.0.dev0"
@@ -107,6 +109,7 @@ __all__ = (
     "GlobalEvent",
     "Handler",
     "History",
+    "HistoryLimits",
     "Hub",
     "HubClosed",
     "HubConfig",
@@ -114,6 +117,7 @@ __all__ = (
     "InvalidArgument",
     "LocalBroker",
     "PendingPermission",
+    "PendingPermissions",
     "PermissionBroker",
     "PermissionDecision",
     "PermissionRequest",

@@ -1,11 +1,12 @@
-"""The backplane seam: who assigns sequence numbers and carries events between processes.
+"""The backplane seam: who numbers a session's events, keeps their history, carries them.
 
-A ``Broker`` takes the hub's publications and hands deliveries back through
-the hub's ``Receiver`` interface. ``LocalBroker``, the embedded default, does
-both at once in this process: it numbers the event in the hub's ``History``
-and delivers it before ``publish`` returns. A backplane such as
-``RedisBroker`` numbers events in a shared store and delivers them when they
-come back from it, to every process, in the same order.
+A ``Broker`` owns every session's sequence and history: the hub hands it
+events to publish, asks it for a session's state and replay, and gets
+deliveries back through its ``Receiver``. The hub never keeps a history of
+its own. ``LocalBroker``, the embedded default, numbers and delivers in this
+process before ``publish`` returns. A backplane such as ``RedisBroker``
+numbers events in a shared store and delivers them when they come back from
+it, to every process, in the same order.
 
 Rules every broker keeps:
 
@@ -13,37 +14,41 @@ Rules every broker keeps:
    ordering barrier relies on it), and every process delivers a session's
    events in seq order with no gap and no duplicate; when it cannot, it calls
    ``Receiver.resync`` so that clients are told to reload.
-2. A permission request is decided exactly once, by the first valid answer
+2. ``state`` and ``replay`` answer from what this process has delivered:
+   a subscriber is told the seq of the last event it will not get live, and
+   replayed exactly the events after the seq it names.
+3. A permission request is decided exactly once, by the first valid answer
    or by its timeout, wherever the answer arrives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Set
-from typing import NoReturn, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
+from typing import Protocol
 
 import anyio
 import anyio.abc
 import attrs
 
 from .agent import PermissionDecision
-from .history import History
-from .permissions import PermissionBroker
+from .history import History, HistoryLimits, SessionState
+from .permissions import PendingPermissions
 
 __all__ = ("Broker", "BrokerContext", "LocalBroker", "Receiver")
 
 
 class Receiver(Protocol):
-    """What a broker calls back into (the hub implements it)."""
+    """What a broker calls back into (the hub gives it one)."""
 
-    def deliver(self, session_id: str, seq: int, text: str, is_delta: bool) -> None:
-        """A session event, numbered, to the session's local subscribers."""
+    def deliver(self, session_id: str, seq: int, text: str, *, is_delta: bool) -> None:
+        """A session event, numbered (``text`` has its seq), to the local subscribers."""
 
     def deliver_global(self, text: str) -> None:
         """A global event to every local connection."""
 
     def resync(self, session_id: str) -> None:
-        """Events of the session were lost; tell its subscribers to reload."""
+        """Events of the session were lost; tell its subscribers to reload
+        (the hub asks ``Broker.state`` for the seq they resume from)."""
 
     def decided(self, request_id: str, decision: PermissionDecision) -> None:
         """A permission request was decided (here or in another process)."""
@@ -51,14 +56,16 @@ class Receiver(Protocol):
 
 @attrs.frozen
 class BrokerContext:
-    """The hub's pieces a broker works with, handed over by ``Broker.start``."""
+    """What the hub hands a broker in ``Broker.start``."""
 
     receiver: Receiver
-    history: History
-    permissions: PermissionBroker
+    permissions: PendingPermissions
+    """The hub's pending permission requests (the hub owns them)."""
     task_group: anyio.abc.TaskGroup
     clock: Callable[[], float] = anyio.current_time
     """The hub's clock (the backend's, looked up once)."""
+    history_limits: HistoryLimits = attrs.field(factory=HistoryLimits)
+    """How much history to keep per session, and how long an idle one lives."""
 
 
 class Broker(Protocol):
@@ -66,7 +73,7 @@ class Broker(Protocol):
 
     @property
     def available(self) -> bool:
-        """False while the backplane cannot be reached (publishing would fail)."""
+        """False while publishing would fail (the backplane cannot be reached)."""
 
     async def start(self, context: BrokerContext) -> None: ...
 
@@ -75,7 +82,7 @@ class Broker(Protocol):
 
     async def aclose(self) -> None: ...
 
-    def publish(self, session_id: str, body: str, is_delta: bool) -> Awaitable[None] | None:
+    def publish(self, session_id: str, body: str, *, is_delta: bool) -> Awaitable[None] | None:
         """Sequence a session event (``body`` is encoded without seq), in call order.
 
         Returns None when the event is already sequenced and delivered, or an
@@ -86,11 +93,27 @@ class Broker(Protocol):
     def publish_global(self, text: str) -> Awaitable[None] | None: ...
 
     async def watch(self, session_id: str) -> None:
-        """A local connection is about to subscribe: receive the session's events
-        from now on, and have its history in the hub's ``History`` for resume."""
+        """A local connection is about to subscribe: deliver the session's events
+        here from now on, and have its history at hand for ``replay``."""
 
     def unwatch(self, session_id: str) -> None:
         """A local subscription to the session ended (one call per ``watch``)."""
+
+    def state(self, session_id: str) -> SessionState:
+        """The session's epoch and the seq of its last delivered event; a
+        session never seen starts (with a new epoch, seq 0)."""
+
+    def replay(self, session_id: str, last_seq: int, epoch: str | None) -> Sequence[str] | None:
+        """Every kept frame after ``last_seq``, or None when that cannot be
+        complete (other epoch, or the history no longer reaches back)."""
+
+    def next_deadline(self) -> float | None:
+        """When ``run_due`` next has work (forgetting idle sessions), if ever."""
+
+    def run_due(self, now: float) -> None: ...
+
+    def known_sessions(self) -> int:
+        """Sessions with a sequence and history in this process."""
 
     async def open_permission(self, request_id: str, session_id: str, ttl: float) -> None: ...
 
@@ -106,7 +129,7 @@ class Broker(Protocol):
     def statistics(self) -> Mapping[str, int]: ...
 
 
-def _not_started(*args: object) -> NoReturn:
+def _not_started(*args: object, **kwargs: object) -> None:
     raise AssertionError("LocalBroker used before start()")
 
 
@@ -115,9 +138,10 @@ class LocalBroker:
 
     def __init__(self) -> None:
         self._context: BrokerContext | None = None
-        self._append: Callable[[str, str, float], tuple[int, str]] = _not_started
-        self._deliver: Callable[[str, int, str, bool], None] = _not_started
+        self._history = History()
+        self._watching: dict[str, int] = {}
         self._clock: Callable[[], float] = anyio.current_time
+        self._deliver: Callable[..., None] = _not_started
 
     @property
     def available(self) -> bool:
@@ -125,10 +149,9 @@ class LocalBroker:
 
     async def start(self, context: BrokerContext) -> None:
         self._context = context
-        # Bound once: publish runs for every event and every batch.
-        self._append = context.history.append
-        self._deliver = context.receiver.deliver
+        self._history = History.with_limits(context.history_limits)
         self._clock = context.clock
+        self._deliver = context.receiver.deliver
 
     async def flush(self) -> None:
         pass
@@ -140,18 +163,37 @@ class LocalBroker:
         assert self._context is not None, "LocalBroker used before start()"
         return self._context
 
-    def publish(self, session_id: str, body: str, is_delta: bool) -> None:
-        seq, text = self._append(session_id, body, self._clock())
-        self._deliver(session_id, seq, text, is_delta)
+    def publish(self, session_id: str, body: str, *, is_delta: bool) -> None:
+        seq, text = self._history.append(session_id, body, self._clock())
+        self._deliver(session_id, seq, text, is_delta=is_delta)
 
     def publish_global(self, text: str) -> None:
         self._ctx().receiver.deliver_global(text)
 
     async def watch(self, session_id: str) -> None:
-        pass
+        self._watching[session_id] = self._watching.get(session_id, 0) + 1
 
     def unwatch(self, session_id: str) -> None:
-        pass
+        count = self._watching.pop(session_id, 0) - 1
+        if count > 0:
+            self._watching[session_id] = count
+        else:
+            self._history.release(session_id)
+
+    def state(self, session_id: str) -> SessionState:
+        return self._history.state(session_id, self._clock())
+
+    def replay(self, session_id: str, last_seq: int, epoch: str | None) -> Sequence[str] | None:
+        return self._history.replay(session_id, last_seq, epoch)
+
+    def next_deadline(self) -> float | None:
+        return self._history.next_deadline()
+
+    def run_due(self, now: float) -> None:
+        self._history.evict_idle(now, self._watching.__contains__)
+
+    def known_sessions(self) -> int:
+        return len(self._history)
 
     async def open_permission(self, request_id: str, session_id: str, ttl: float) -> None:
         pass
@@ -166,7 +208,7 @@ class LocalBroker:
         return True
 
     async def expire_permission(self, request_id: str) -> bool:
-        # The hub's PermissionBroker already removed it: the timeout decides.
+        # The hub's table already removed it: the timeout decides.
         return True
 
     def statistics(self) -> Mapping[str, int]:

@@ -57,10 +57,25 @@ def id_problem(value: object) -> str | None:
 
 def check_id(name: str, value: object) -> str:
     """``value`` if it is a valid id, else ``InvalidArgument`` naming ``name``."""
+    if type(value) is str and 0 < len(value) <= MAX_ID_LENGTH:
+        return value  # the common case, decided without a call: this runs per event
     problem = id_problem(value)
     if problem is not None:
         raise InvalidArgument(f"{name} {problem}")
     assert isinstance(value, str)
+    return value
+
+
+def check_text(name: str, value: object, *, optional: bool = False) -> None:
+    if not isinstance(value, str) and not (optional and value is None):
+        kind = "a string or None" if optional else "a string"
+        raise InvalidArgument(f"{name} must be {kind}, got {describe(value)}")
+
+
+def check_timeout(name: str, value: object) -> float:
+    """A positive, finite number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise InvalidArgument(f"{name} must be a positive number, got {describe(value)}")
     return value
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import typing
+import warnings
 from collections.abc import Callable, Collection
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Final, TypeVar
@@ -237,11 +238,11 @@ def encode(event: ServerEvent) -> str:
 
 
 def encode_delta(session_id: str, delta: str, turn_id: str | None) -> str:
-    """``encode(TextDelta(session_id, delta, turn_id))``, without making the
-    event: the hub encodes one per delta batch, the most frequent frame."""
-    esc = encode_basestring_ascii
-    head = f'{{"type":"text_delta","sessionId":{esc(session_id)},"delta":{esc(delta)}'
-    return f"{head}}}" if turn_id is None else f'{head},"turnId":{esc(turn_id)}}}'
+    """Deprecated: ``encode(TextDelta(session_id, delta, turn_id))``."""
+    warnings.warn(
+        "encode_delta is deprecated; use encode(TextDelta(...))", DeprecationWarning, stacklevel=2
+    )
+    return encode(TextDelta(session_id, delta, turn_id))
 
 
 def with_seq(text: str, seq: int) -> str:

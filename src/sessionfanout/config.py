@@ -10,6 +10,7 @@ import attrs
 
 from .codec import DEFAULT_MAX_FRAME_BYTES
 from .errors import InvalidArgument
+from .history import HistoryLimits
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -79,3 +80,11 @@ class HubConfig:
     starts again when a frame has to wait), so idle connections cost no task."""
     close_timeout: float = attrs.field(default=5.0, validator=_positive)
     """How long closing a sink, or draining outboxes at shutdown, may take (seconds)."""
+
+    @property
+    def history_limits(self) -> HistoryLimits:
+        return HistoryLimits(
+            max_events=self.history_max_events,
+            max_bytes=self.history_max_bytes,
+            idle_ttl=self.history_idle_ttl,
+        )

@@ -21,7 +21,7 @@ import attrs
 from .codec import with_seq
 from .errors import InvalidArgument
 
-__all__ = ("History", "Recorded", "SessionState")
+__all__ = ("History", "HistoryLimits", "Recorded", "SessionState")
 
 
 def new_epoch() -> str:
@@ -41,6 +41,16 @@ class Recorded(enum.Enum):
     """The session's sequence started again: reload it."""
     UNKNOWN = "unknown"
     """Not a session this history follows."""
+
+
+@attrs.frozen(kw_only=True)
+class HistoryLimits:
+    """How much of each session a history keeps, and how long an idle one lives."""
+
+    max_events: int = 1000
+    max_bytes: int = 4 * 1024 * 1024
+    idle_ttl: float = 3600.0
+    """Seconds without an event and without a local subscriber before a session is forgotten."""
 
 
 @attrs.frozen
@@ -84,6 +94,18 @@ class History:
         self._new_epoch = new_epoch
         # Ordered by last activity, least recent first: the idle scan stops early.
         self._logs: OrderedDict[str, _Log] = OrderedDict()
+
+    @classmethod
+    def with_limits(cls, limits: HistoryLimits) -> History:
+        return cls(
+            max_events=limits.max_events, max_bytes=limits.max_bytes, idle_ttl=limits.idle_ttl
+        )
+
+    @property
+    def limits(self) -> HistoryLimits:
+        return HistoryLimits(
+            max_events=self.max_events, max_bytes=self.max_bytes, idle_ttl=self.idle_ttl
+        )
 
     def state(self, session_id: str, now: float) -> SessionState:
         """The session's epoch and last seq; creates the session if new."""

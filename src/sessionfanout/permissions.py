@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import heapq
 import secrets
+import warnings
 from collections.abc import Set
 
 import attrs
 
 from .errors import InvalidArgument
 
-__all__ = ("PendingPermission", "PermissionBroker")
+__all__ = ("PendingPermission", "PendingPermissions", "PermissionBroker")
 
 
 @attrs.frozen
@@ -26,7 +27,7 @@ class PendingPermission:
     deadline: float
 
 
-class PermissionBroker:
+class PendingPermissions:
     """Open requests by id, with one heap of deadlines for all of them."""
 
     def __init__(self) -> None:
@@ -92,3 +93,13 @@ class PermissionBroker:
 
     def __len__(self) -> int:
         return len(self._pending)
+
+
+class PermissionBroker(PendingPermissions):
+    """Deprecated: the old name of ``PendingPermissions`` (it is not a ``Broker``)."""
+
+    def __init__(self) -> None:
+        warnings.warn(
+            "PermissionBroker is now PendingPermissions", DeprecationWarning, stacklevel=2
+        )
+        super().__init__()

@@ -36,7 +36,7 @@ from .events import (
     ToolResult,
     ToolStart,
 )
-from .permissions import PermissionBroker
+from .permissions import PendingPermissions
 
 __all__ = ("EventTransformer", "Handler", "UnknownEventPolicy")
 
@@ -139,6 +139,6 @@ class EventTransformer:
     def _permission_request(
         self, session_id: str, event: AgentPermissionRequest
     ) -> Sequence[SessionEvent]:
-        request_id = event.request_id or PermissionBroker.new_request_id()
+        request_id = event.request_id or PendingPermissions.new_request_id()
         info = PermissionRequestInfo(request_id, event.tool_name, event.command, event.description)
         return (PermissionRequest(session_id, info),)

@@ -1,0 +1,141 @@
+"""Running an agent: its events through the transformer into the producer API.
+
+``run`` is what ``Hub.run_agent`` does; it uses only the hub's public
+producer calls, so an agent's events are checked like any producer's. How a
+run ends is decided here: an agent that finishes ends it; one that raises,
+or yields an event that is refused, gets ``error`` (the message) and
+``complete`` sent to its session and the exception re-raised; a cancelled one
+(an abort) gets its pending deltas flushed, then ``error`` ("aborted") and
+``complete``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any, Protocol
+
+import anyio
+
+from .agent import PermissionDecision
+from .errors import BrokerUnavailable, HubClosed, InvalidArgument, SessionMismatch
+from .events import (
+    SESSION_EVENT_TYPES,
+    Complete,
+    Error,
+    PermissionRequest,
+    SessionEvent,
+    TextDelta,
+)
+from .transformer import EventTransformer
+
+__all__ = ()
+
+logger = logging.getLogger("sessionfanout")
+
+ABORTED = "aborted"
+
+
+class Producer(Protocol):
+    """The hub's producer calls an agent run uses."""
+
+    @property
+    def running(self) -> bool: ...
+
+    async def queue_delta(self, session_id: str, text: str, turn_id: str | None = None) -> None: ...
+
+    async def broadcast_to_session(self, session_id: str, event: SessionEvent) -> None: ...
+
+    async def request_permission(
+        self,
+        session_id: str,
+        tool_name: str,
+        command: str,
+        description: str,
+        *,
+        deny_after: float | None = None,
+        request_id: str | None = None,
+    ) -> PermissionDecision: ...
+
+
+def check_session_event(session_id: str, event: object) -> SessionEvent:
+    """A session event a producer may publish: of a session event class, for
+    ``session_id``, and not yet numbered (the hub assigns ``seq``)."""
+    if type(event) not in SESSION_EVENT_TYPES:
+        raise InvalidArgument(f"event must be a session event, got {type(event).__name__}")
+    assert isinstance(event, SessionEvent)
+    if event.session_id != session_id:
+        raise SessionMismatch(
+            f"event for session {event.session_id!r:.80} passed for session {session_id!r:.80}"
+        )
+    if event.seq is not None or getattr(event, "first_seq", None) is not None:
+        raise InvalidArgument("seq and firstSeq are assigned by the hub; leave them None")
+    return event
+
+
+async def run(
+    hub: Producer,
+    transformer: EventTransformer,
+    session_id: str,
+    events: AsyncIterable[Any],
+) -> None:
+    iterator = aiter(events)
+    asend: Callable[[Any], Awaitable[Any]] | None = getattr(iterator, "asend", None)
+    try:
+        decision: PermissionDecision | None = None
+        while True:
+            try:
+                agent_event = await (asend(decision) if asend else anext(iterator))
+            except StopAsyncIteration:
+                break
+            decision = None
+            for event in transformer.transform(session_id, agent_event):
+                # Checked as it arrives: a bad event ends the run like an agent's exception.
+                check_session_event(session_id, event)
+                decision = await _publish(hub, session_id, event) or decision
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True):
+            await _end(hub, transformer, session_id, ABORTED)
+        raise
+    except Exception as exc:
+        await _end(hub, transformer, session_id, str(exc) or type(exc).__name__)
+        raise
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            with anyio.CancelScope(shield=True):
+                await aclose()
+
+
+async def _publish(
+    hub: Producer, session_id: str, event: SessionEvent
+) -> PermissionDecision | None:
+    if type(event) is TextDelta:
+        await hub.queue_delta(session_id, event.delta, event.turn_id)
+        return None
+    if type(event) is PermissionRequest:
+        request = event.request
+        return await hub.request_permission(
+            session_id,
+            request.tool_name,
+            request.command,
+            request.description,
+            request_id=request.request_id,
+        )
+    await hub.broadcast_to_session(session_id, event)
+    return None
+
+
+async def _end(hub: Producer, transformer: EventTransformer, session_id: str, message: str) -> None:
+    transformer.forget(session_id)
+    if hub.running:
+        try:
+            await hub.broadcast_to_session(session_id, Error(session_id, message))
+            await hub.broadcast_to_session(session_id, Complete(session_id))
+        except (HubClosed, BrokerUnavailable) as exc:
+            logger.warning(
+                "could not report the end of %s's run: %s",
+                session_id,
+                exc,
+                extra={"session_id": session_id},
+            )

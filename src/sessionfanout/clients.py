@@ -1,0 +1,207 @@
+"""The client side of a hub: connections, their frames, their subscriptions.
+
+A client frame is decoded here and acted on: ``subscribe`` (asking the
+``authorize`` hook, then replaying from the broker's history), ``unsubscribe``,
+``permission_response`` and the application's own frame types. A bad frame
+becomes a ``client_error`` reply and changes nothing (wsproto's rule: a
+peer's bad input is a value, not a crash). The server's own ``subscribe``
+and ``unsubscribe`` take the same paths, without the hook.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any
+
+from .agent import PermissionDecision
+from .broker import Broker
+from .checks import describe
+from .codec import decode_client
+from .config import HubConfig
+from .connection import Connection, Sink
+from .delivery import Delivery
+from .errors import InvalidArgument, ProtocolError
+from .events import (
+    ClientError,
+    Connected,
+    CustomFrame,
+    PermissionResponse,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+)
+from .ratelimit import TokenBucket
+from .registry import SubscriptionRegistry
+from .stats import Counters
+
+__all__ = ("CustomFrameHandler",)
+
+logger = logging.getLogger("sessionfanout")
+
+CustomFrameHandler = Callable[[Connection, CustomFrame], Awaitable[None]]
+"""Handles an application-defined client frame; raise ``ProtocolError`` to refuse it."""
+
+PROTOCOL_FRAMES = frozenset({Subscribe.TYPE, Unsubscribe.TYPE, PermissionResponse.TYPE})
+
+
+def check_connection(connection: object) -> Connection:
+    if not isinstance(connection, Connection):
+        raise InvalidArgument(f"connection must be a Connection, got {describe(connection)}")
+    return connection
+
+
+class Clients:
+    """Connections and what their frames ask for."""
+
+    def __init__(
+        self,
+        config: HubConfig,
+        registry: SubscriptionRegistry[Connection],
+        delivery: Delivery,
+        broker: Broker,
+        counters: Counters,
+    ) -> None:
+        self._config = config
+        self._registry = registry
+        self._delivery = delivery
+        self._broker = broker
+        self._counters = counters
+        self.custom: dict[str, CustomFrameHandler] = {}
+        self.clock: Callable[[], float] = time.monotonic
+        """The hub's clock, once it runs (for rate limits)."""
+
+    def register(self, frame_type: str, handler: CustomFrameHandler) -> None:
+        if not isinstance(frame_type, str) or not frame_type:
+            raise InvalidArgument("frame_type must be a non-empty string")
+        if frame_type in PROTOCOL_FRAMES:
+            raise InvalidArgument(f"{frame_type!r} is a protocol frame type")
+        if not callable(handler):
+            raise InvalidArgument(f"handler must be callable, got {describe(handler)}")
+        self.custom[frame_type] = handler
+
+    def connect(self, sink: Sink, context: Any) -> Connection:
+        for method in ("send", "close"):
+            if not callable(getattr(sink, method, None)):
+                raise InvalidArgument(f"sink must have an async {method}(), got {describe(sink)}")
+        try_send = getattr(sink, "try_send", None)
+        if try_send is not None and not callable(try_send):
+            raise InvalidArgument(f"sink.try_send must be callable, got {describe(try_send)}")
+        connection = Connection(secrets.token_urlsafe(9), sink, context)
+        config = self._config
+        if config.client_rate is not None:
+            connection.rate = TokenBucket(config.client_rate, config.client_burst, self.clock())
+        self._registry.connect(connection)
+        self._delivery.reply(connection, Connected(int(time.time() * 1000), connection.id))
+        return connection
+
+    async def serve(self, connection: Connection, incoming: AsyncIterable[str | bytes]) -> None:
+        try:
+            async for raw in incoming:
+                if not self._registry.is_connected(connection):
+                    break
+                await self.handle(connection, raw)
+        finally:
+            self._delivery.forget(connection)
+
+    async def handle(self, connection: Connection, raw: str | bytes) -> None:
+        """Act on one client frame; a bad one is answered with ``client_error``.
+        ``raw`` that is not text or bytes is the adapter's mistake."""
+        if not isinstance(raw, str | bytes | bytearray):
+            raise InvalidArgument(f"raw must be str or bytes, got {describe(raw)}")
+        try:
+            if connection.rate is not None and not connection.rate.take(self.clock()):
+                raise ProtocolError("rate_limited", "too many frames; slow down")
+            message = decode_client(
+                raw, max_bytes=self._config.max_frame_bytes, custom_types=self.custom
+            )
+            if type(message) is Subscribe:
+                await self.subscribe(connection, message, authorize=True)
+            elif type(message) is Unsubscribe:
+                self.end_subscription(connection, message.session_id)
+                self._delivery.reply(connection, Unsubscribed(message.session_id))
+            elif type(message) is PermissionResponse:
+                await self._answer_permission(connection, message)
+            else:
+                assert isinstance(message, CustomFrame)
+                await self.custom[message.type](connection, message)
+        except ProtocolError as exc:
+            self._counters.client_errors += 1
+            if self._registry.is_connected(connection):
+                reply = ClientError(exc.code, exc.message, exc.request_type)
+                self._delivery.reply(connection, reply)
+
+    async def subscribe(
+        self, connection: Connection, message: Subscribe, *, authorize: bool
+    ) -> Subscribed | None:
+        """Subscribe with replay; None when the connection went away meanwhile.
+        A subscribe the ``authorize`` hook refuses also ends an existing
+        subscription to that session: access withdrawn takes effect at once."""
+        session_id = message.session_id
+        if authorize and not await self._authorized(connection, session_id):
+            if self.end_subscription(connection, session_id):
+                self._delivery.reply(connection, Unsubscribed(session_id, "forbidden"))
+            raise ProtocolError(
+                "forbidden", f"not allowed to subscribe to {session_id!r:.80}", Subscribe.TYPE
+            )
+        registry = self._registry
+        if not registry.is_subscribed(connection, session_id):
+            await self._broker.watch(session_id)
+            if not registry.is_connected(connection) or registry.is_subscribed(
+                connection, session_id
+            ):
+                self._broker.unwatch(session_id)  # went away, or subscribed meanwhile
+        if not registry.is_connected(connection):
+            return None
+        # No await from here on: the replay and live events cannot interleave.
+        state = self._broker.state(session_id)
+        replay = None
+        if message.last_seq is not None:
+            replay = self._broker.replay(session_id, message.last_seq, message.epoch)
+        registry.subscribe(connection, session_id)
+        subscribed = Subscribed(session_id, state.seq, state.epoch, replay is not None)
+        self._delivery.reply(connection, subscribed)
+        for text in replay or ():
+            self._delivery.fan_out((connection,), text, session_id)
+        return subscribed
+
+    def end_subscription(self, connection: Connection, session_id: str) -> bool:
+        """Unsubscribe; False when the connection was not subscribed."""
+        if not self._registry.is_subscribed(connection, session_id):
+            return False
+        self._registry.unsubscribe(connection, session_id)
+        self._broker.unwatch(session_id)
+        return True
+
+    async def _authorized(self, connection: Connection, session_id: str) -> bool:
+        hook = self._config.authorize
+        if hook is None:
+            return True
+        try:
+            verdict = hook(connection, session_id)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+        except Exception:
+            logger.exception(
+                "authorize hook failed; refusing %r",
+                session_id,
+                extra={"session_id": session_id, "connection_id": connection.id},
+            )
+            return False
+        return verdict is True
+
+    async def _answer_permission(self, connection: Connection, message: PermissionResponse) -> None:
+        decision = PermissionDecision(
+            message.request_id, message.allowed, bool(message.always_allow)
+        )
+        subscribed = self._registry.sessions_of(connection)
+        if not await self._broker.answer_permission(message.request_id, decision, subscribed):
+            raise ProtocolError(
+                "unknown_request",
+                f"no pending permission request {message.request_id!r:.80} for this connection",
+                PermissionResponse.TYPE,
+            )

@@ -1,0 +1,247 @@
+"""``RedisBroker``: the parts put together, and the connection's lifecycle."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import secrets
+from collections.abc import Mapping, Sequence, Set
+from typing import Any
+
+import anyio
+import attrs
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..agent import PermissionDecision
+from ..broker import BrokerContext
+from ..envelope import Signer
+from ..errors import BrokerUnavailable, InvalidArgument
+from ..history import History, SessionState
+from .listener import Listener
+from .permissions import Permissions
+from .publisher import Outgoing, Publisher
+from .scripts import CONNECTION_ERRORS, Names, Scripts
+from .stats import Counters
+
+__all__ = ("RedisBroker",)
+
+logger = logging.getLogger("sessionfanout.redis")
+
+PING_TIMEOUT = 5.0
+FLUSH_TIMEOUT = 5.0
+
+
+@attrs.frozen
+class _Parts:
+    context: BrokerContext
+    clients: tuple[aioredis.Redis, aioredis.Redis]
+    publisher: Publisher
+    listener: Listener
+    permissions: Permissions
+
+
+class RedisBroker:
+    """The Redis backplane; see the package docstring."""
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "sessionfanout",
+        secret: str | bytes | None = None,
+        reconnect_max_delay: float = 5.0,
+        client_name: str | None = None,
+    ) -> None:
+        """``secret`` turns on signing (every process needs the same one);
+        ``client_name`` names this process's connections in Redis's CLIENT LIST."""
+        if not isinstance(prefix, str) or not prefix or "|" in prefix:
+            raise InvalidArgument("prefix must be a non-empty string without '|'")
+        self.url = url
+        self.prefix = prefix
+        self.reconnect_max_delay = reconnect_max_delay
+        self.client_name = client_name
+        self._signer = Signer(secret)
+        self._names = Names(prefix, secrets.token_urlsafe(9))
+        self._counters = Counters()
+        self._parts: _Parts | None = None
+        self._available = False
+        self._connected = anyio.Event()
+        self._scope = anyio.CancelScope()
+        self._connection_scope = anyio.CancelScope()
+
+    def _get(self) -> _Parts:
+        assert self._parts is not None, "RedisBroker used before start()"
+        return self._parts
+
+    # -- lifecycle ------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    async def start(self, context: BrokerContext) -> None:
+        # No silent retries: a lost connection must be seen, to catch up after it.
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            # Any str is a valid session id, lone surrogates included (JSON carries them).
+            "encoding_errors": "surrogatepass",
+            "retry": Retry(NoBackoff(), 0),
+            "client_name": self.client_name,
+        }
+        commands = aioredis.Redis.from_url(self.url, **options)
+        subscriber = aioredis.Redis.from_url(self.url, **options)
+        scripts = Scripts(commands)
+        history = History.with_limits(context.history_limits)
+        names, signer, counters = self._names, self._signer, self._counters
+        limits = context.history_limits
+        listener = Listener(commands, subscriber, scripts, names, signer, history, counters)
+        listener.start(context.receiver, context.clock, context.task_group)
+        self._parts = _Parts(
+            context,
+            (commands, subscriber),
+            Publisher(commands, scripts, names, signer, limits, counters),
+            listener,
+            Permissions(commands, scripts, names, signer),
+        )
+        try:
+            await scripts.load()
+        except CONNECTION_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
+        context.task_group.start_soon(self._run, name="sessionfanout redis broker")
+        with anyio.fail_after(10):
+            await self._connected.wait()
+
+    async def _run(self) -> None:
+        with self._scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._get().publisher.run, self._lost_connection)
+                tg.start_soon(self._keep_listening)
+
+    async def _keep_listening(self) -> None:
+        """The pub/sub connection, reconnected with backoff whenever it fails."""
+        delay = 0.05
+        while True:
+            with anyio.CancelScope() as self._connection_scope:
+                try:
+                    await self._get().listener.listen(self._on_connected)
+                except CONNECTION_ERRORS as exc:
+                    logger.info("Redis pub/sub unavailable (%s); retrying in %.2fs", exc, delay)
+                except Exception as exc:  # a bug: reconnect and catch up, never end the hub
+                    logger.error("the Redis listener failed; reconnecting", exc_info=exc)
+                else:
+                    delay = 0.05
+            # Publishing needs only the command connection: it goes on while this
+            # one reconnects (the catch-up then delivers what it missed here).
+            if self._available and not await self._commands_answer():
+                self._lost_connection()
+            await anyio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.reconnect_max_delay)
+
+    def _on_connected(self) -> None:
+        if self._connected.is_set():
+            self._counters.reconnects += 1
+        self._available = True
+        self._connected.set()
+
+    async def _commands_answer(self) -> bool:
+        with anyio.move_on_after(PING_TIMEOUT), contextlib.suppress(*CONNECTION_ERRORS):
+            await self._get().clients[0].ping()
+            return True
+        return False
+
+    def _lost_connection(self) -> None:
+        """Publishing failed: refuse publications until the listener is back."""
+        if self._available:
+            logger.warning("lost Redis at %s; reconnecting", self.url)
+        self._available = False
+        self._get().publisher.fail_all(BrokerUnavailable("Redis connection lost"))
+        self._connection_scope.cancel()  # the listener reconnects and catches up
+
+    async def flush(self) -> None:
+        """Wait until what this process published has come back to it.
+
+        A marker published after everything else on this process's own control
+        channel arrives after every earlier message (Redis keeps the order on
+        a connection), so once it is here, local subscribers have it all.
+        """
+        if not self._available:
+            return
+        markers = self._get().listener.markers
+        marker = secrets.token_urlsafe(9)
+        arrived = markers[marker] = anyio.Event()
+        try:
+            await self._enqueue(Outgoing(("PUBLISH", self._names.control_channel, marker)))
+            with anyio.move_on_after(FLUSH_TIMEOUT):
+                await arrived.wait()
+        except BrokerUnavailable:
+            pass
+        finally:
+            del markers[marker]
+
+    async def aclose(self) -> None:
+        self._available = False
+        self._scope.cancel()
+        if self._parts is None:
+            return
+        self._parts.publisher.fail_all(BrokerUnavailable("the broker is closed"))
+        with anyio.CancelScope(shield=True):
+            for client in self._parts.clients:
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    await client.aclose()
+
+    def statistics(self) -> Mapping[str, int]:
+        watched = len(self._parts.listener.watching) if self._parts else 0
+        return {**attrs.asdict(self._counters), "watched_sessions": watched}
+
+    # -- publishing -----------------------------------------------------------
+
+    def publish(self, session_id: str, body: str, *, is_delta: bool) -> Outgoing:
+        return self._enqueue(Outgoing(session_id=session_id, body=body, is_delta=is_delta))
+
+    def publish_global(self, text: str) -> Outgoing:
+        message = self._signer.pack("global", text)
+        return self._enqueue(Outgoing(("PUBLISH", self._names.global_channel, message)))
+
+    def _enqueue(self, outgoing: Outgoing) -> Outgoing:
+        if not self._available:
+            raise BrokerUnavailable(f"Redis at {self.url} is unavailable")
+        return self._get().publisher.enqueue(outgoing)
+
+    # -- sessions ---------------------------------------------------------------
+
+    async def watch(self, session_id: str) -> None:
+        await self._get().listener.watch(session_id, self._available)
+
+    def unwatch(self, session_id: str) -> None:
+        self._get().listener.unwatch(session_id)
+
+    def state(self, session_id: str) -> SessionState:
+        return self._get().listener.history.state(session_id, self._get().context.clock())
+
+    def replay(self, session_id: str, last_seq: int, epoch: str | None) -> Sequence[str] | None:
+        return self._get().listener.history.replay(session_id, last_seq, epoch)
+
+    def next_deadline(self) -> float | None:
+        return None  # a session is kept here only while watched; Redis expires the rest
+
+    def run_due(self, now: float) -> None:
+        pass
+
+    def known_sessions(self) -> int:
+        return len(self._get().listener.history)
+
+    # -- permissions ---------------------------------------------------------------
+
+    async def open_permission(self, request_id: str, session_id: str, ttl: float) -> None:
+        await self._get().permissions.open(request_id, session_id, ttl)
+
+    async def answer_permission(
+        self, request_id: str, decision: PermissionDecision, subscribed: Set[str]
+    ) -> bool:
+        return await self._get().permissions.answer(request_id, decision, subscribed)
+
+    async def expire_permission(self, request_id: str) -> bool:
+        return await self._get().permissions.expire(request_id)

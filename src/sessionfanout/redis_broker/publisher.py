@@ -1,0 +1,237 @@
+"""Publishing: every publication of this process, in call order, pipelined.
+
+Session events are appended by an optimistic compare-and-append. The
+signature binds each event to its epoch and seq (see ``envelope``) and the
+secret never goes to Redis, so this process numbers events itself: it
+predicts where each session it publishes to is (epoch and last seq; the last
+few thousand sessions), signs the session's events of a round for the places
+that follow, and the publish script appends them only if the session is
+exactly there; a session without an epoch starts with the one proposed.
+Otherwise the script writes nothing and says where the session is; those
+events are signed again for that place and sent before anything newer.
+A round is refused only because another publication was committed, so
+under contention they all make progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import OrderedDict, deque
+from collections.abc import Callable, Generator
+from typing import Any
+
+import anyio
+import attrs
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from ..envelope import Signer
+from ..errors import BrokerUnavailable
+from ..history import HistoryLimits
+from .scripts import CONNECTION_ERRORS, Names, Scripts
+from .stats import Counters
+
+__all__ = ()
+
+logger = logging.getLogger("sessionfanout.redis")
+
+PIPELINE_MAX = 512
+PREDICTIONS_MAX = 4096
+
+
+@attrs.define
+class Outgoing:
+    """One publication waiting for its turn on the wire: a session event
+    (``session_id`` set; numbered and signed when it is sent) or a ``command``."""
+
+    command: tuple[Any, ...] = ()
+    session_id: str | None = None
+    body: str = ""
+    is_delta: bool = False
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    error: BaseException | None = None
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.done.set()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        # Awaitable without a coroutine object, so not awaiting it is fine.
+        return self._wait().__await__()
+
+    async def _wait(self) -> None:
+        await self.done.wait()
+        if self.error is not None:
+            raise BrokerUnavailable(f"publish failed: {self.error}") from self.error
+
+
+Call = tuple[tuple[Any, ...], list[Outgoing], str]
+"""A command, the publications it carries, and the epoch they were signed for."""
+
+
+class Publisher:
+    """The queue of this process's publications and the task that sends them."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        scripts: Scripts,
+        names: Names,
+        signer: Signer,
+        limits: HistoryLimits,
+        counters: Counters,
+    ) -> None:
+        self._client = client
+        self._scripts = scripts
+        self._names = names
+        self._signer = signer
+        ttl_ms = max(1, int(limits.idle_ttl * 1000))
+        self._limits = (limits.max_events, limits.max_bytes, ttl_ms)
+        self._counters = counters
+        self._outgoing: deque[Outgoing] = deque()
+        self._wake = anyio.Event()
+        # Where each session this process publishes to is believed to be: its
+        # epoch and last seq, least recently used first. A miss costs a retry.
+        self._predictions: OrderedDict[str, tuple[str, int]] = OrderedDict()
+
+    def enqueue(self, outgoing: Outgoing) -> Outgoing:
+        self._outgoing.append(outgoing)
+        self._wake.set()
+        return outgoing
+
+    def fail_all(self, error: BaseException) -> None:
+        while self._outgoing:
+            self._counters.failed += 1
+            self._outgoing.popleft().finish(error)
+
+    async def run(self, lost: Callable[[], None]) -> None:
+        """Send every publication in call order, as many per round trip as are
+        waiting; a connection error fails the round and calls ``lost``."""
+        while True:
+            if not self._outgoing:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                continue
+            batch = self._next_batch()
+            try:
+                await self._send(batch)
+            except CONNECTION_ERRORS as exc:
+                logger.warning("publishing to Redis failed: %s", exc)
+                self._fail(batch, exc)
+                lost()
+            except Exception as exc:  # a bug: this round's publications fail, not the broker
+                logger.error("publishing a round to Redis failed", exc_info=exc)
+                self._fail(batch, exc)
+
+    def _fail(self, batch: list[Outgoing], error: BaseException) -> None:
+        for outgoing in batch:
+            if not outgoing.done.is_set():  # not committed in an earlier round
+                self._counters.failed += 1
+                outgoing.finish(error)
+
+    def _next_batch(self) -> list[Outgoing]:
+        """What goes in the next round trip: the waiting publications, in call order.
+
+        A command (a flush marker, a global event) follows no session event in
+        its batch: such an event may be sent again after the batch, and must
+        not arrive after what was published later.
+        """
+        outgoing, batch = self._outgoing, [self._outgoing.popleft()]
+        events = batch[0].session_id is not None
+        while outgoing and len(batch) < PIPELINE_MAX:
+            if outgoing[0].session_id is None:
+                if events:
+                    break
+            else:
+                events = True
+            batch.append(outgoing.popleft())
+        return batch
+
+    async def _send(self, batch: list[Outgoing]) -> None:
+        """Send a batch; what went to a session that was not where predicted goes again."""
+        while batch:
+            calls = self._calls(batch)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for command, _, _ in calls:
+                    pipe.execute_command(*command)
+                results = await pipe.execute(raise_on_error=False)
+            retry: list[Outgoing] = []
+            reload = False
+            for (_, group, epoch), result in zip(calls, results, strict=True):
+                if isinstance(result, NoScriptError):
+                    reload = True  # not run: Redis restarted and lost the script
+                    retry += group
+                elif isinstance(result, Exception):
+                    self._counters.failed += len(group)
+                    for outgoing in group:
+                        outgoing.finish(result)
+                elif isinstance(result, list):  # the session was elsewhere: it says where
+                    actual_epoch, actual_seq = result
+                    self._predict(group[0].session_id, actual_epoch or None, int(actual_seq))
+                    self._counters.retried += len(group)
+                    retry += group
+                else:
+                    self._predict(group[0].session_id, epoch, int(result))
+                    self._counters.published += len(group)
+                    for outgoing in group:
+                        outgoing.finish()
+            if reload:
+                await self._scripts.load()
+            batch = retry
+
+    def _calls(self, batch: list[Outgoing]) -> list[Call]:
+        """One command per session (its events in call order), or per other command."""
+        groups: list[list[Outgoing]] = []
+        runs: dict[str, list[Outgoing]] = {}
+        for outgoing in batch:
+            session_id = outgoing.session_id
+            if session_id is None:
+                groups.append([outgoing])
+            elif session_id in runs:
+                runs[session_id].append(outgoing)
+            else:
+                groups.append(runs.setdefault(session_id, [outgoing]))
+        return [self._call(group) for group in groups]
+
+    def _call(self, group: list[Outgoing]) -> Call:
+        session_id = group[0].session_id
+        if session_id is None:
+            return group[0].command, group, ""
+        predicted = self._predictions.get(session_id)
+        if predicted is None:
+            (epoch, seq), fresh = (secrets.token_urlsafe(9), 0), "1"
+        else:
+            (epoch, seq), fresh = predicted, "0"
+        pack = self._signer.pack_entry
+        entries = [
+            pack(session_id, epoch, seq + n, o.body, o.is_delta) for n, o in enumerate(group, 1)
+        ]
+        names = self._names
+        command = (
+            "EVALSHA",
+            self._scripts.publish.sha,
+            2,
+            names.key(session_id, "meta"),
+            names.key(session_id, "log"),
+            names.channel(session_id),
+            epoch,
+            fresh,
+            seq + 1,
+            *self._limits,
+            *entries,
+        )
+        return command, group, epoch
+
+    def _predict(self, session_id: str | None, epoch: str | None, seq: int) -> None:
+        """Where the session is now; None: it has no epoch, the next round starts one."""
+        if session_id is None:
+            return
+        predictions = self._predictions
+        if epoch is None:
+            predictions.pop(session_id, None)
+            return
+        predictions[session_id] = (epoch, seq)
+        predictions.move_to_end(session_id)
+        if len(predictions) > PREDICTIONS_MAX:
+            predictions.popitem(last=False)

@@ -1,0 +1,129 @@
+"""Where a session lives in Redis, and the Lua scripts that change it atomically.
+
+Keys and channels (``prefix`` is ``sessionfanout`` by default; entries and
+messages as in ``envelope``):
+
+- ``{prefix}:s:meta:{session}``: hash of ``epoch``, ``seq`` (the last one
+  committed) and ``bytes`` (the history's size).
+- ``{prefix}:s:log:{session}``: the history, entries ``seq|sig|kind|body``.
+- ``{prefix}:ev:{session}``: channel of ``epoch|seq|sig|kind|body``.
+- ``{prefix}:global`` and ``{prefix}:permission``: channels of ``sig|body``.
+- ``{prefix}:control:{process}``: this process's flush markers.
+- ``{prefix}:perm:{request}``: a pending permission request's session id.
+"""
+
+from __future__ import annotations
+
+import attrs
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+__all__ = ()
+
+CONNECTION_ERRORS = (RedisError, OSError, TimeoutError)
+"""What a lost or unreachable Redis raises."""
+
+# KEYS: meta, log. ARGV: channel, epoch, fresh ("1": the epoch is new, to start
+# the session with if it has none), first seq, max events, max bytes, TTL (ms),
+# then the entries, numbered from the first seq. Returns the last seq, or where
+# the session is ({epoch or "", seq}) when that is not where the entries go.
+PUBLISH = """
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+local epoch, seq = meta[1], tonumber(meta[2]) or 0
+local fresh = not epoch and ARGV[3] == '1'
+if fresh then
+  epoch, seq = ARGV[2], 0
+end
+if epoch ~= ARGV[2] or seq + 1 ~= tonumber(ARGV[4]) then
+  return {meta[1] or '', tonumber(meta[2]) or 0}
+end
+local bytes = 0
+if fresh then
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+else
+  bytes = tonumber(redis.call('HGET', KEYS[1], 'bytes')) or 0
+end
+local n = 0
+for i = 8, #ARGV do
+  n = redis.call('RPUSH', KEYS[2], ARGV[i])
+  bytes = bytes + #ARGV[i]
+  redis.call('PUBLISH', ARGV[1], epoch .. '|' .. ARGV[i])
+end
+local max_events, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6])
+while n > 0 and (n > max_events or bytes > max_bytes) do
+  bytes = bytes - #redis.call('LPOP', KEYS[2])
+  n = n - 1
+end
+seq = seq + #ARGV - 7
+redis.call('HSET', KEYS[1], 'seq', seq, 'bytes', bytes)
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
+return seq
+"""
+
+STATE = """
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+return {meta[1], meta[2] or '0', redis.call('LRANGE', KEYS[2], 0, -1)}
+"""
+
+ANSWER = """
+local session = redis.call('GET', KEYS[1])
+if not session then return 0 end
+for i = 3, #ARGV do
+  if ARGV[i] == session then
+    redis.call('DEL', KEYS[1])
+    redis.call('PUBLISH', ARGV[1], ARGV[2])
+    return 1
+  end
+end
+return 0
+"""
+
+
+@attrs.frozen
+class Names:
+    """The keys and channels of one deployment (``prefix``) and process."""
+
+    prefix: str
+    process_id: str
+
+    def key(self, session_id: str, part: str) -> str:
+        return f"{self.prefix}:s:{part}:{session_id}"
+
+    def channel(self, session_id: str) -> str:
+        return f"{self.prefix}:ev:{session_id}"
+
+    def session_of(self, channel: str) -> str:
+        return channel[len(self.channel("")) :]
+
+    def permission_key(self, request_id: str) -> str:
+        return f"{self.prefix}:perm:{request_id}"
+
+    @property
+    def global_channel(self) -> str:
+        return f"{self.prefix}:global"
+
+    @property
+    def permission_channel(self) -> str:
+        return f"{self.prefix}:permission"
+
+    @property
+    def control_channel(self) -> str:
+        return f"{self.prefix}:control:{self.process_id}"
+
+
+class Scripts:
+    """The scripts, registered on one client; ``load`` again after Redis lost them."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self.publish = client.register_script(PUBLISH)
+        self.state = client.register_script(STATE)
+        self.answer = client.register_script(ANSWER)
+
+    async def load(self) -> None:
+        for script in (self.publish, self.state, self.answer):
+            await self._client.script_load(script.script)
