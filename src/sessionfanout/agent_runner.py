@@ -1,8 +1,9 @@
 """Running an agent: its events through the transformer into the producer API.
 
 ``run`` is what ``Hub.run_agent`` does; it uses only the hub's public
-producer calls, so an agent's events are checked like any producer's. How a
-run ends is decided here: an agent that finishes ends it; one that raises,
+producer calls (``queue_delta``, ``broadcast_to_session``,
+``request_permission``), so an agent's events are checked like any
+producer's. How a run ends is decided here: an agent that finishes ends it; one that raises,
 or yields an event that is refused, gets ``error`` (the message) and
 ``complete`` sent to its session and the exception re-raised; a cancelled one
 (an abort) gets its pending deltas flushed, then ``error`` ("aborted") and
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterable, Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -29,33 +30,14 @@ from .events import (
 )
 from .transformer import EventTransformer
 
+if TYPE_CHECKING:
+    from .hub import Hub
+
 __all__ = ()
 
 logger = logging.getLogger("sessionfanout")
 
 ABORTED = "aborted"
-
-
-class Producer(Protocol):
-    """The hub's producer calls an agent run uses."""
-
-    @property
-    def running(self) -> bool: ...
-
-    async def queue_delta(self, session_id: str, text: str, turn_id: str | None = None) -> None: ...
-
-    async def broadcast_to_session(self, session_id: str, event: SessionEvent) -> None: ...
-
-    async def request_permission(
-        self,
-        session_id: str,
-        tool_name: str,
-        command: str,
-        description: str,
-        *,
-        deny_after: float | None = None,
-        request_id: str | None = None,
-    ) -> PermissionDecision: ...
 
 
 def check_session_event(session_id: str, event: object) -> SessionEvent:
@@ -74,7 +56,7 @@ def check_session_event(session_id: str, event: object) -> SessionEvent:
 
 
 async def run(
-    hub: Producer,
+    hub: Hub,
     transformer: EventTransformer,
     session_id: str,
     events: AsyncIterable[Any],
@@ -107,9 +89,7 @@ async def run(
                 await aclose()
 
 
-async def _publish(
-    hub: Producer, session_id: str, event: SessionEvent
-) -> PermissionDecision | None:
+async def _publish(hub: Hub, session_id: str, event: SessionEvent) -> PermissionDecision | None:
     if type(event) is TextDelta:
         await hub.queue_delta(session_id, event.delta, event.turn_id)
         return None
@@ -126,7 +106,7 @@ async def _publish(
     return None
 
 
-async def _end(hub: Producer, transformer: EventTransformer, session_id: str, message: str) -> None:
+async def _end(hub: Hub, transformer: EventTransformer, session_id: str, message: str) -> None:
     transformer.forget(session_id)
     if hub.running:
         try:

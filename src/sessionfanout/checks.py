@@ -128,24 +128,21 @@ def an_id(instance: object, attribute: attrs.Attribute[Any], value: object) -> N
         _fail(instance, attribute, problem)
 
 
-def a_string(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, str):
-        _fail(instance, attribute, f"must be a string, got {describe(value)}")
+def _instance_of(kind: type | tuple[type, ...], what: str, *, optional: bool) -> Any:
+    """A validator: an instance of ``kind`` (or None when ``optional``)."""
+    expected = f"{what} or None" if optional else what
+
+    def validate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, kind) and not (optional and value is None):
+            _fail(instance, attribute, f"must be {expected}, got {describe(value)}")
+
+    return validate
 
 
-def an_optional_string(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not isinstance(value, str):
-        _fail(instance, attribute, f"must be a string or None, got {describe(value)}")
-
-
-def a_bool(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, bool):
-        _fail(instance, attribute, f"must be a boolean, got {describe(value)}")
-
-
-def an_optional_bool(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not isinstance(value, bool):
-        _fail(instance, attribute, f"must be a boolean or None, got {describe(value)}")
+a_string = _instance_of(str, "a string", optional=False)
+an_optional_string = _instance_of(str, "a string", optional=True)
+a_bool = _instance_of(bool, "a boolean", optional=False)
+an_optional_bool = _instance_of(bool, "a boolean", optional=True)
 
 
 def a_count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
