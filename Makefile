@@ -51,7 +51,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/core.py
 	$(BIN)/python benchmarks/fanout.py
-	$(BIN)/python benchmarks/redis.py
+	$(BIN)/python benchmarks/backplane.py
 
 # Every alternative side by side; the full run takes a while (Channels is slow).
 compare: $(STAMP)

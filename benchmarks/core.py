@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fanout import CountingSink
+
 from sessionfanout import (
     Complete,
     DeltaBatcher,
@@ -121,28 +123,15 @@ def batcher_rows(sessions: int, deltas_per_session: int) -> list[tuple[str, floa
     ]
 
 
-class _Sink:
-    __slots__ = ("count",)
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    async def send(self, text: str) -> None:
-        self.count += 1
-
-    async def close(self, code: int, reason: str) -> None:
-        pass
-
-
-class _DirectSink(_Sink):
-    __slots__ = ()
-
+class _DirectSink(CountingSink):
     def try_send(self, text: str) -> bool:
         self.count += 1
         return True
 
 
-async def _deliver(sink_type: type[_Sink], sessions: int, subscribers: int, events: int) -> float:
+async def _deliver(
+    sink_type: type[CountingSink], sessions: int, subscribers: int, events: int
+) -> float:
     """Microseconds per delivered frame, paced as a streaming agent publishes."""
     async with Hub(HubConfig(client_rate=None)) as hub:
         sinks = []
@@ -168,7 +157,7 @@ def delivery_rows(sessions: int = 100, subscribers: int = 2, events: int = 100) 
     direct, writer = [], []
     for _ in range(5):
         direct.append(asyncio.run(_deliver(_DirectSink, sessions, subscribers, events)))
-        writer.append(asyncio.run(_deliver(_Sink, sessions, subscribers, events)))
+        writer.append(asyncio.run(_deliver(CountingSink, sessions, subscribers, events)))
     fast, plain = statistics.median(direct), statistics.median(writer)
     shape = f"{sessions}x{subscribers}, paced"
     return [

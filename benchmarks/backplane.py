@@ -1,6 +1,6 @@
 """Cross-process delivery on loopback Redis: sessionfanout beside its peers.
 
-Run: ``.venv/bin/python benchmarks/redis.py`` (starts its own redis-server on a
+Run: ``.venv/bin/python benchmarks/backplane.py`` (starts its own redis-server on a
 free port; ``--redis URL`` to use another). The peers come from the ``bench``
 extra: ``pip install -e '.[bench]'``.
 
@@ -23,28 +23,21 @@ per event, p50 and p99. Median of the repetitions.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import argparse
+import asyncio
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-# This file is named like the package it measures: keep its folder off the
-# import path, or "import redis" would find this file.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+import anyio
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import shutil  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Awaitable, Callable  # noqa: E402
-from typing import Any  # noqa: E402
-
-import anyio  # noqa: E402
-
-from sessionfanout import Hub, HubConfig, ToolResult  # noqa: E402
-from sessionfanout.redis_broker import RedisBroker  # noqa: E402
+from sessionfanout import Hub, HubConfig, ToolResult
+from sessionfanout.redis_broker import RedisBroker
 
 Publish = Callable[[int], Awaitable[None]]
 Run = Callable[[Publish], Awaitable[None]]
