@@ -149,14 +149,20 @@ def session_frames(frames: list[Frame], session_id: str) -> list[Frame]:
 
 
 def check_stream(frames: list[Frame], message: str) -> list[Frame]:
-    """The session's frames are seq 1..n, deltas add up to the message, complete last."""
-    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
+    """The session's frames hold seq 1..n, each once (a merged delta frame holds
+    ``firstSeq``..``seq``), deltas add up to the message, complete last."""
+    assert list(range(1, frames[-1]["seq"] + 1)) == held_seqs(frames)
     deltas = [f for f in frames if f["type"] == "text_delta"]
     assert message == "".join(f["delta"] for f in deltas)
     [complete_text] = [f["text"] for f in frames if f["type"] == "text_complete"]
     assert message == complete_text
     assert "complete" == frames[-1]["type"]
     return deltas
+
+
+def held_seqs(frames: list[Frame]) -> list[int]:
+    """Every seq the frames account for, in order (PROTOCOL.md: ``firstSeq``)."""
+    return [n for f in frames for n in range(f.get("firstSeq", f["seq"]), f["seq"] + 1)]
 
 
 def ws_url(base: str) -> str:
@@ -166,3 +172,56 @@ def ws_url(base: str) -> str:
 
 def python() -> str:
     return os.environ.get("PYTHON", sys.executable)
+
+
+class SseClient:
+    """A real HTTP client reading a session's event stream (httpx, streaming)."""
+
+    def __init__(self, base: str, session_id: str, **params: str) -> None:
+        headers = {}
+        if "last_event_id" in params:
+            headers["Last-Event-ID"] = params.pop("last_event_id")
+        self._http = httpx.Client(timeout=httpx.Timeout(10, read=30))
+        url = f"{base}/api/sessions/{session_id}/events"
+        self._stream = self._http.stream("GET", url, params=params, headers=headers)
+        self.response = self._stream.__enter__()
+        self._lines = self.response.iter_lines()
+        self.events: list[tuple[str | None, Frame]] = []
+        self.comments = 0
+
+    def next(self) -> tuple[str | None, Frame]:
+        """The next event: its id (None without one) and its frame."""
+        fields: dict[str, str] = {}
+        for line in self._lines:
+            if not line:
+                if "data" in fields:
+                    event = (fields.get("id"), json.loads(fields["data"]))
+                    assert event[1]["type"] == fields.get("event"), fields
+                    self.events.append(event)
+                    return event
+                continue
+            if line.startswith(":"):
+                self.comments += 1
+                continue
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+        raise EOFError("the stream ended")
+
+    def until(self, predicate: Callable[[Frame], bool]) -> list[Frame]:
+        got = []
+        while True:
+            _, frame = self.next()
+            got.append(frame)
+            if predicate(frame):
+                return got
+
+    @property
+    def frames(self) -> list[Frame]:
+        return [frame for _, frame in self.events]
+
+    def last_id(self) -> str:
+        return next(i for i, _ in reversed(self.events) if i is not None)
+
+    def close(self) -> None:
+        self._stream.__exit__(None, None, None)
+        self._http.close()

@@ -23,9 +23,11 @@ from sessionfanout import (
     PendingPermissions,
     PermissionDecision,
     TextDelta,
+    ToolResult,
     encode,
 )
 from tests.hubtools import wait_for
+from tests.servers import held_seqs
 
 pytestmark = pytest.mark.anyio
 
@@ -133,7 +135,8 @@ async def test_replay_is_exactly_what_came_after_or_none(
     async with started(make_broker, max_events=5) as (broker, receiver, _):
         await broker.watch("s")
         for n in range(8):
-            await acked(broker.publish("s", body("s", n), is_delta=True))
+            event = ToolResult("s", f"u{n}", "tool", f"r{n}")
+            await acked(broker.publish("s", encode(event), is_delta=False))
         await broker.flush()
         await wait_for(lambda: len(receiver.seqs("s")) == 8)
         epoch = broker.state("s").epoch
@@ -144,6 +147,20 @@ async def test_replay_is_exactly_what_came_after_or_none(
     assert replay is not None
     assert [6, 7, 8] == [json.loads(text)["seq"] for text in replay]
     assert (None, None, None) == (too_old, other_epoch, ahead)
+
+
+async def test_a_turns_deltas_replay_as_one_frame_holding_their_seqs(
+    make_broker: Callable[[], Broker],
+) -> None:
+    async with started(make_broker) as (broker, receiver, _):
+        await broker.watch("s")
+        for n in range(6):
+            await acked(broker.publish("s", body("s", n), is_delta=True))
+        await broker.flush()
+        await wait_for(lambda: len(receiver.seqs("s")) == 6)
+        frames = [json.loads(text) for text in broker.replay("s", 2, broker.state("s").epoch) or []]
+    assert [3, 4, 5, 6] == held_seqs(frames)
+    assert "d2d3d4d5" == "".join(f["delta"] for f in frames)
 
 
 async def test_a_new_session_starts_at_zero_and_is_forgotten_when_unwatched_unused(

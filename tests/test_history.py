@@ -4,12 +4,19 @@ import itertools
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from sessionfanout import History, InvalidArgument, TextDelta, encode
+from sessionfanout import Complete, History, InvalidArgument, TextDelta, ToolResult, encode
 
 
 def body(n: int) -> str:
-    return encode(TextDelta("s", f"d{n}"))
+    """An event that is not a delta: kept as it is, one entry each."""
+    return encode(ToolResult("s", f"u{n}", "tool", f"r{n}"))
+
+
+def delta(text: str, turn: str | None = "t1") -> str:
+    return encode(TextDelta("s", text, turn))
 
 
 def make(**kwargs: object) -> History:
@@ -50,6 +57,70 @@ def test_history_is_bounded_by_bytes() -> None:
     for n in range(50):
         history.append("s", body(n), 0)
     assert history.kept_frames * len(history.append("s", body(0), 0)[1]) <= 200 + 60
+
+
+def test_a_turns_deltas_are_one_entry_and_replay_from_inside_it_with_first_seq() -> None:
+    history = make()
+    texts = [
+        history.append("s", delta(part), 0, is_delta=True)[1]
+        for part in ("Hel", "lo, ", "wor", "ld")
+    ]
+    history.append("s", body(5), 0)
+    replay = history.replay("s", 1, "e0") or []
+    assert [
+        {"type": "text_delta", "sessionId": "s", "delta": "lo, world", "turnId": "t1",
+         "firstSeq": 2, "seq": 4},
+        json.loads(body(5)[:-1] + ',"seq":5}'),
+    ] == [json.loads(frame) for frame in replay]  # fmt: skip
+    assert texts[-1:] == (history.replay("s", 3, "e0") or [])[:1], "one part: as published"
+
+
+def test_a_text_delta_published_as_an_event_stays_one_entry() -> None:
+    history = make()
+    for part in ("a", "b"):
+        history.append("s", delta(part), 0)
+    assert 2 == history.footprint("s")[0]
+
+
+def test_a_two_thousand_delta_turn_fits_the_default_event_limit() -> None:
+    history = make()
+    for n in range(2000):
+        history.append("s", delta(f"token{n} "), 0, is_delta=True)
+    history.append("s", encode(Complete("s")), 0)
+    whole = history.replay("s", 0, "e0") or []
+    assert 2 == len(whole)
+    assert 2 == history.footprint("s")[0], "two entries against max_events"
+    assert "".join(f"token{n} " for n in range(2000)) == json.loads(whole[0])["delta"]
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.sampled_from(["t1", "t2", None]), st.text(max_size=4)),
+            st.just("event"),
+        ),
+        max_size=30,
+    ),
+    st.integers(min_value=1, max_value=40),
+    st.integers(min_value=60, max_value=2000),
+)
+def test_any_replay_accounts_for_every_seq_once_and_keeps_the_text(
+    script: list, max_events: int, max_bytes: int
+) -> None:
+    history = make(max_events=max_events, max_bytes=max_bytes)
+    published = {}
+    for n, step in enumerate(script, 1):
+        text = body(n) if step == "event" else delta(step[1], step[0])
+        frame = history.append("s", text, 0, is_delta=step != "event")[1]
+        published[n] = json.loads(frame)
+    state = history.state("s", 0)
+    for last in range(state.first_kept - 1, state.seq + 1):
+        frames = [json.loads(f) for f in history.replay("s", last, state.epoch) or []]
+        held = [n for f in frames for n in range(f.get("firstSeq", f["seq"]), f["seq"] + 1)]
+        assert list(range(last + 1, state.seq + 1)) == held
+        wanted = "".join(f.get("delta", "") for n, f in published.items() if n > last)
+        assert wanted == "".join(f.get("delta", "") for f in frames)
+    assert history.replay("s", state.first_kept - 2, state.epoch) is None or state.first_kept == 1
 
 
 def test_idle_sessions_are_evicted_unless_in_use_and_a_new_epoch_follows() -> None:

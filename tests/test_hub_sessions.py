@@ -54,6 +54,7 @@ async def test_resume_replays_exactly_what_was_missed() -> None:
         "seq": 10,
         "epoch": epoch,
         "resumed": True,
+        "firstSeq": 6,
     } == reply
     assert [6, 7, 8, 9, 10] == [f["seq"] for f in again.of_type("tool_result")]
 
@@ -359,3 +360,72 @@ def test_config_refuses_bad_values() -> None:
     for bad in ({"batch_interval": -1}, {"outbox_max_messages": 0}, {"client_rate": 0}):
         with pytest.raises(InvalidArgument):
             HubConfig(**bad)  # type: ignore[arg-type]
+
+
+async def test_a_late_joiner_is_replayed_the_whole_session_then_live() -> None:
+    async with Hub() as hub:
+        await publish(hub, "s", 3)
+        connection, sink = await connect(hub)
+        reply = await subscribe(hub, connection, "s", **{"from": "start"})
+        await publish(hub, "s", 1, start=3)
+        await wait_for(lambda: len(sink.of_type("tool_result")) == 4)
+    assert (3, True, 1) == (reply["seq"], reply["resumed"], reply["firstSeq"])
+    assert [1, 2, 3, 4] == [f["seq"] for f in sink.of_type("tool_result")]
+
+
+async def test_a_late_joiner_past_the_history_gets_what_is_kept_and_resumed_false() -> None:
+    async with Hub(HubConfig(history_max_events=2)) as hub:
+        await publish(hub, "s", 5)
+        connection, sink = await connect(hub)
+        subscribed = await hub.subscribe(connection, "s", from_start=True)
+        await wait_for(lambda: len(sink.of_type("tool_result")) == 2)
+        empty_conn, _ = await connect(hub)
+        nothing = await hub.subscribe(empty_conn, "new", from_start=True)
+    assert (5, False, 4) == (subscribed.seq, subscribed.resumed, subscribed.first_seq)
+    assert [4, 5] == [f["seq"] for f in sink.of_type("tool_result")]
+    assert (0, True, None) == (nothing.seq, nothing.resumed, nothing.first_seq)
+
+
+async def test_a_resume_says_which_seq_its_replay_starts_at() -> None:
+    async with Hub() as hub:
+        await publish(hub, "s", 4)
+        connection, _ = await connect(hub)
+        epoch = (await subscribe(hub, connection, "s"))["epoch"]
+        again, _ = await connect(hub)
+        replayed = await subscribe(hub, again, "s", lastSeq=2, epoch=epoch)
+        up_to_date = await subscribe(hub, again, "t", lastSeq=0, epoch="x")
+    assert (True, 3) == (replayed["resumed"], replayed["firstSeq"])
+    assert "firstSeq" not in up_to_date
+
+
+async def test_from_start_and_last_seq_exclude_each_other() -> None:
+    async with Hub() as hub:
+        connection, _ = await connect(hub)
+        refused = await subscribe(hub, connection, "s", lastSeq=1, **{"from": "start"})
+        bad_from = await subscribe(hub, connection, "s", **{"from": "end"})
+        with pytest.raises(InvalidArgument):
+            await hub.subscribe(connection, "s", last_seq=1, from_start=True)
+    assert ("client_error", "invalid_message") == (refused["type"], refused["code"])
+    assert ("client_error", "invalid_message") == (bad_from["type"], bad_from["code"])
+
+
+async def test_a_permission_answered_through_the_api_counts_like_a_frame() -> None:
+    async with Hub() as hub, anyio.create_task_group() as tg:
+        connection, sink = await connect(hub)
+        await subscribe(hub, connection, "s")
+        stranger, _ = await connect(hub)
+        decisions = []
+
+        async def ask() -> None:
+            decisions.append(await hub.request_permission("s", "bash", "ls", "list"))
+
+        tg.start_soon(ask)
+        await wait_for(lambda: bool(sink.of_type("permission_request")))
+        request_id = sink.of_type("permission_request")[0]["request"]["requestId"]
+        with pytest.raises(ProtocolError, match="unknown_request"):
+            await hub.answer_permission(stranger, request_id, True)
+        await hub.answer_permission(connection, request_id, True, always_allow=True)
+        with pytest.raises(ProtocolError, match="unknown_request"):
+            await hub.answer_permission(connection, request_id, False)
+        await wait_for(lambda: bool(decisions))
+    assert (True, True) == (decisions[0].allowed, decisions[0].always_allow)

@@ -25,13 +25,18 @@ EXPECTED = {
 }  # fmt: skip
 
 
-OPTIONAL = {"redis_broker"}  # needs an extra; imported by name, not re-exported
+# Used by name, not re-exported: redis_broker needs an extra; sse is a
+# transport's framing (``from sessionfanout.sse import SseFramer``).
+OPTIONAL = {"redis_broker", "sse"}
 
 
 def test_optional_modules_export_what_they_say() -> None:
-    from sessionfanout import redis_broker
+    from sessionfanout import redis_broker, sse
 
     assert ("RedisBroker",) == redis_broker.__all__
+    assert {"HEARTBEAT", "SseFramer", "encode_event", "event_id", "parse_last_event_id"} == set(
+        sse.__all__
+    )
 
 
 def test_public_api_is_pinned() -> None:

@@ -45,7 +45,8 @@ def check_session_event(session_id: str, event: object) -> SessionEvent:
     ``session_id``, and not yet numbered (the hub assigns ``seq``)."""
     if type(event) not in SESSION_EVENT_TYPES:
         raise InvalidArgument(f"event must be a session event, got {type(event).__name__}")
-    assert isinstance(event, SessionEvent)
+    if TYPE_CHECKING:  # narrowing for the type checker; the line above checked it
+        assert isinstance(event, SessionEvent)
     if event.session_id != session_id:
         raise SessionMismatch(
             f"event for session {event.session_id!r:.80} passed for session {session_id!r:.80}"

@@ -34,8 +34,9 @@ MAX_JSON_DEPTH: Final = 64
 
 
 def wire_name(name: str) -> str:
-    """The camelCase wire name of a snake_case attribute: ``session_id`` -> ``sessionId``."""
-    head, *rest = name.split("_")
+    """The camelCase wire name of a snake_case attribute: ``session_id`` ->
+    ``sessionId``; a trailing underscore (a Python keyword) goes: ``from_`` -> ``from``."""
+    head, *rest = name.rstrip("_").split("_")
     return head + "".join(part.capitalize() for part in rest)
 
 

@@ -14,7 +14,7 @@ import inspect
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from typing import Any
 
 from .agent import PermissionDecision
@@ -125,7 +125,7 @@ class Clients:
                 self.end_subscription(connection, message.session_id)
                 self._delivery.reply(connection, Unsubscribed(message.session_id))
             elif type(message) is PermissionResponse:
-                await self._answer_permission(connection, message)
+                await self.answer(connection, message)
             else:
                 assert isinstance(message, CustomFrame)
                 await self.custom[message.type](connection, message)
@@ -142,6 +142,10 @@ class Clients:
         A subscribe the ``authorize`` hook refuses also ends an existing
         subscription to that session: access withdrawn takes effect at once."""
         session_id = message.session_id
+        if message.from_ is not None and message.last_seq is not None:
+            raise ProtocolError(
+                "invalid_message", "fields 'from' and 'lastSeq' exclude each other", Subscribe.TYPE
+            )
         if authorize and not await self._authorized(connection, session_id):
             if self.end_subscription(connection, session_id):
                 self._delivery.reply(connection, Unsubscribed(session_id, "forbidden"))
@@ -159,11 +163,18 @@ class Clients:
             return None
         # No await from here on: the replay and live events cannot interleave.
         state = self._broker.state(session_id)
-        replay = None
-        if message.last_seq is not None:
+        replay: Sequence[str] | None = None
+        if message.from_ == "start":  # a late joiner: all the history holds
+            replay = self._broker.replay(session_id, state.first_kept - 1, state.epoch) or ()
+            resumed, first_seq = state.first_kept == 1, state.first_kept
+        elif message.last_seq is not None:
             replay = self._broker.replay(session_id, message.last_seq, message.epoch)
+            resumed, first_seq = replay is not None, message.last_seq + 1
+        else:
+            resumed = False
         registry.subscribe(connection, session_id)
-        subscribed = Subscribed(session_id, state.seq, state.epoch, replay is not None)
+        first = first_seq if replay else None
+        subscribed = Subscribed(session_id, state.seq, state.epoch, resumed, first)
         self._delivery.reply(connection, subscribed)
         for text in replay or ():
             self._delivery.fan_out((connection,), text, session_id)
@@ -194,7 +205,8 @@ class Clients:
             return False
         return verdict is True
 
-    async def _answer_permission(self, connection: Connection, message: PermissionResponse) -> None:
+    async def answer(self, connection: Connection, message: PermissionResponse) -> None:
+        """The first valid answer decides; any other raises ``unknown_request``."""
         decision = PermissionDecision(
             message.request_id, message.allowed, bool(message.always_allow)
         )

@@ -173,6 +173,8 @@ class Subscribed:
     seq: int = attrs.field(validator=a_count)
     epoch: str = attrs.field(validator=a_string)
     resumed: bool = attrs.field(validator=a_bool)
+    first_seq: int | None = optional_count_field()
+    """The first replayed seq, when events are replayed."""
 
 
 @attrs.frozen
@@ -214,6 +216,10 @@ class Subscribe:
     session_id: str = attrs.field(validator=an_id)
     last_seq: int | None = optional_count_field()
     epoch: str | None = optional_str_field()
+    from_: Literal["start"] | None = attrs.field(
+        default=None, validator=attrs.validators.optional(one_of("start"))
+    )
+    """``"start"`` (wire ``from``): a late joiner, replayed all the history holds."""
 
 
 @attrs.frozen

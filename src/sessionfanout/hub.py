@@ -41,6 +41,7 @@ from .errors import BrokerUnavailable, HubClosed, InvalidArgument, UnknownConnec
 from .events import (
     ConfigChanged,
     GlobalEvent,
+    PermissionResponse,
     ServerEvent,
     SessionEvent,
     Subscribe,
@@ -208,14 +209,19 @@ class Hub:
         session_id: str,
         last_seq: int | None = None,
         epoch: str | None = None,
+        *,
+        from_start: bool = False,
     ) -> Subscribed:
         """Subscribe a connection on the server's own authority (the ``authorize``
         hook is not asked): exactly what a client's ``subscribe`` frame does,
-        replay included. Returns the ``subscribed`` reply the client was sent."""
+        replay included (``from_start``: a late joiner, ``"from": "start"``).
+        Returns the ``subscribed`` reply the client was sent."""
         if not self._running:
             raise HubClosed(NOT_RUNNING)
         self._check_connected(connection)
-        message = Subscribe(session_id, last_seq, epoch)
+        if not isinstance(from_start, bool) or (from_start and last_seq is not None):
+            raise InvalidArgument("from_start is a bool, and excludes last_seq")
+        message = Subscribe(session_id, last_seq, epoch, "start" if from_start else None)
         subscribed = await self._clients.subscribe(connection, message, authorize=False)
         if subscribed is None:
             raise UnknownConnection(f"{connection!r} went away while subscribing")
@@ -234,6 +240,24 @@ class Hub:
             return False
         self._delivery.reply(connection, notice)
         return True
+
+    async def answer_permission(
+        self,
+        connection: Connection,
+        request_id: str,
+        allowed: bool,
+        *,
+        always_allow: bool = False,
+    ) -> None:
+        """A permission answer from ``connection`` that did not come as a frame
+        (an HTTP request, say): exactly what a ``permission_response`` does.
+        Raises ``ProtocolError`` (``unknown_request``) unless it decided."""
+        if not self._running:
+            raise HubClosed(NOT_RUNNING)
+        self._check_connected(connection)
+        await self._clients.answer(
+            connection, PermissionResponse(request_id, allowed, always_allow)
+        )
 
     def _check_connected(self, connection: Connection) -> None:
         if not self._registry.is_connected(check_connection(connection)):

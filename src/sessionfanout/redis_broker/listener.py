@@ -169,7 +169,12 @@ class Listener:
     def _record(self, session_id: str, envelope: Envelope) -> Recorded:
         """Keep the event if it is the next one of the session, and deliver it."""
         verdict = self.history.record(
-            session_id, envelope.epoch, envelope.seq, envelope.text, self._clock()
+            session_id,
+            envelope.epoch,
+            envelope.seq,
+            envelope.text,
+            self._clock(),
+            is_delta=envelope.is_delta,
         )
         if verdict is Recorded.NEXT:
             self._deliver().deliver(
@@ -222,7 +227,7 @@ class Listener:
 
     async def _seed(self, session_id: str) -> None:
         epoch, seq, envelopes = await self._fetch(session_id)
-        frames = [e.text for e in envelopes]
+        frames = [(e.text, e.is_delta) for e in envelopes]
         self.history.seed(session_id, epoch, seq, frames, self._clock())
 
     async def catch_up(self, session_id: str) -> None:
@@ -240,7 +245,8 @@ class Listener:
                 self._record(session_id, envelope)
             self._counters.gaps_filled += 1
             return
-        self.history.seed(session_id, epoch, seq, [e.text for e in envelopes], self._clock())
+        frames = [(e.text, e.is_delta) for e in envelopes]
+        self.history.seed(session_id, epoch, seq, frames, self._clock())
         if known is not None:
             self._counters.resyncs += 1
             self._deliver().resync(session_id)
