@@ -3,8 +3,11 @@
     python examples/asgi_app.py --host 127.0.0.1 --port 8000
 
 Routes: ``GET /`` (the demo page), ``WS /ws`` (the protocol),
+``GET /api/sessions/{id}/events`` (the same as Server-Sent Events, see
+``sse_routes``), ``POST /api/sessions/{id}/permissions/{requestId}``,
 ``POST /api/sessions/{id}/messages`` (start the mock agent),
-``POST /api/sessions/{id}/abort``, ``POST /api/config/changed``.
+``POST /api/sessions/{id}/abort``, ``POST /api/config/changed``,
+``GET /api/statistics`` (the hub's counters).
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import uvicorn
 from agents import AgentRunner  # the script's folder is on sys.path
 from mock_agent import MockOptions
+from sse_routes import HEARTBEAT_SECONDS, Streams, heartbeat_seconds
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -132,6 +137,13 @@ async def post_config_changed(request: Request) -> Response:
     return JSONResponse({"accepted": True}, status_code=202)
 
 
+async def get_statistics(request: Request) -> Response:
+    """The hub's counters (``Hub.statistics()``), without the per-connection list."""
+    stats = attrs.asdict(request.app.state.hub.statistics())
+    del stats["outboxes"]
+    return JSONResponse(stats)
+
+
 async def index(request: Request) -> Response:
     return FileResponse(DEMO / "index.html")
 
@@ -143,11 +155,34 @@ def authorize(connection: Connection, session_id: str) -> bool:
     return not session_id.startswith("private:")
 
 
+async def get_events(request: Request) -> Response:
+    streams: Streams = request.app.state.streams
+    return await streams.get_events(request)
+
+
+async def post_permission(request: Request) -> Response:
+    streams: Streams = request.app.state.streams
+    return await streams.post_permission(request)
+
+
+async def close_streams(request: Request) -> Response:
+    streams: Streams = request.app.state.streams
+    return await streams.close_all(request)
+
+
 def create_app(
-    config: HubConfig | None = None, redis_url: str | None = None, secret: str | None = None
+    config: HubConfig | None = None,
+    redis_url: str | None = None,
+    secret: str | None = None,
+    *,
+    sse_heartbeat: float = HEARTBEAT_SECONDS,
+    test_endpoints: bool = False,
 ) -> Starlette:
-    """The demo app; with ``redis_url``, on the Redis backplane (several processes)."""
+    """The demo app; with ``redis_url``, on the Redis backplane (several
+    processes). ``test_endpoints`` adds ``POST /api/test/close-streams``, which
+    ends every event stream as a proxy or a restart would."""
     config = config or HubConfig(authorize=authorize)
+    test_routes = [Route("/api/test/close-streams", close_streams, methods=["POST"])]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -159,6 +194,7 @@ def create_app(
         async with Hub(config, broker=broker) as hub, anyio.create_task_group() as agents:
             app.state.hub = hub
             app.state.runner = AgentRunner(hub, agents)
+            app.state.streams = Streams(hub, authorize, sse_heartbeat)
             yield
             await shutdown(app)
 
@@ -166,10 +202,18 @@ def create_app(
         routes=[
             Route("/", index),
             WebSocketRoute("/ws", websocket_endpoint),
+            Route("/api/sessions/{session_id:path}/events", get_events),
+            Route(
+                "/api/sessions/{session_id:path}/permissions/{request_id}",
+                post_permission,
+                methods=["POST"],
+            ),
             Route("/api/sessions/{session_id:path}/messages", post_message, methods=["POST"]),
             Route("/api/sessions/{session_id:path}/abort", post_abort, methods=["POST"]),
             Route("/api/config/changed", post_config_changed, methods=["POST"]),
+            Route("/api/statistics", get_statistics),
             Mount("/static", StaticFiles(directory=DEMO)),
+            *(test_routes if test_endpoints else []),
         ],
         lifespan=lifespan,
     )
@@ -208,10 +252,25 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("SESSIONFANOUT_SECRET"),
         help="sign backplane messages (default: $SESSIONFANOUT_SECRET)",
     )
+    parser.add_argument(
+        "--sse-heartbeat",
+        type=heartbeat_seconds,
+        default=HEARTBEAT_SECONDS,
+        metavar="SECONDS",
+        help="a comment on idle event streams this often (default 15)",
+    )
+    parser.add_argument(
+        "--test-endpoints", action="store_true", help="add POST /api/test/close-streams"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     config = uvicorn.Config(
-        create_app(redis_url=args.redis, secret=args.secret),
+        create_app(
+            redis_url=args.redis,
+            secret=args.secret,
+            sse_heartbeat=args.sse_heartbeat,
+            test_endpoints=args.test_endpoints,
+        ),
         host=args.host,
         port=args.port,
         log_level=args.log_level,

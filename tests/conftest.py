@@ -64,6 +64,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("asgi") / "server.log"
     args = [python(), "examples/asgi_app.py", "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--test-endpoints", "--sse-heartbeat", "0.5"]
     with running([*args, "--log-level", "warning"], http_ready(base + "/"), log=log):
         yield base
 

@@ -103,3 +103,46 @@ def test_the_theme_button_reaches_every_open_page(server: str, browser: Any) -> 
         flipped = "dark" if theme == "light" else "light"
         page.wait_for_function(f"document.documentElement.dataset.theme == '{flipped}'")
         page.close()
+
+
+def test_the_demo_page_on_server_sent_events_streams_answers_and_resumes_by_itself(
+    server: str, browser: Any, tmp_path: Path
+) -> None:
+    """The browser's own EventSource: cut every stream, and it reconnects with
+    Last-Event-ID; the text written meanwhile arrives with no gap."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{server}/?transport=sse#sse-browser-session")
+    page.wait_for_selector(".status-connected")
+    assert "sse" == page.eval_on_selector("[data-testid=transport]", "s => s.value")
+
+    message = "Streaming over Server-Sent Events into a real browser."
+    page.fill("[data-testid=message]", message)
+    page.fill("#deltas", "20")
+    page.fill("#interval", "10")
+    page.check("[data-testid=permission-toggle]")
+    page.click("[data-testid=send]")
+    page.wait_for_selector(".msg.agent[data-complete=true]")
+    page.click("[data-testid=permission] [data-testid=allow]")  # answered by POST
+    page.wait_for_selector(".card.tool[data-result=allowed]")
+    page.wait_for_selector(".event-line:has-text('complete')")
+
+    assert 200 == httpx.post(f"{server}/api/test/close-streams", timeout=10).status_code
+    second = "Written while the stream was cut."
+    response = httpx.post(
+        f"{server}/api/sessions/sse-browser-session/messages",
+        json={"message": second, "deltas": 10, "deltaIntervalMs": 5, "tool": False},
+        timeout=10,
+    )
+    assert 202 == response.status_code
+    page.wait_for_function(
+        "document.querySelectorAll('.msg.agent[data-complete=true]').length == 2",
+        timeout=15_000,
+    )
+    texts = page.locator(".msg.agent").all_inner_texts()
+    assert [message, second] == texts, "resumed by Last-Event-ID, no gap, no duplicate"
+    assert 2 == page.locator(".event-line:has-text('complete')").count()
+    page.screenshot(path=str(tmp_path / "sse.png"))
+    assert [] == errors
+    page.close()

@@ -13,6 +13,7 @@ import pytest
 
 from tests.servers import (
     Client,
+    SseClient,
     check_stream,
     free_port,
     http_ready,
@@ -104,3 +105,24 @@ def test_two_processes_share_streams_globals_permissions_and_resume(
     assert third == "".join(f["delta"] for f in last_run if f["type"] == "text_delta")
     for client in (also_a, on_b, resumed):
         client.close()
+
+
+def test_an_sse_stream_dropped_on_one_process_resumes_on_the_other(
+    two_servers: tuple[str, str],
+) -> None:
+    a, b = two_servers
+    session = unique("sse")
+    message = "".join(f"<{n}>" for n in range(400))
+    first = SseClient(a, session)
+    first.until(lambda f: f["type"] == "subscribed")
+    post(b, f"/api/sessions/{session}/messages",
+         {"message": message, "deltas": 200, "deltaIntervalMs": 3, "tool": False})  # fmt: skip
+    first.until(lambda f: f.get("seq", 0) >= 5 and f["type"] != "subscribed")
+    seen = session_frames(first.frames, session)
+    last_id = first.last_id()
+    first.close()
+    again = SseClient(b, session, last_event_id=last_id)
+    assert again.until(lambda f: f["type"] == "subscribed")[-1]["resumed"] is True
+    again.until(lambda f: f["type"] == "complete")
+    check_stream(seen + session_frames(again.frames, session), message)
+    again.close()

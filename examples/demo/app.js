@@ -1,12 +1,28 @@
 // sessionfanout demo page: plain JS, no build step.
-// One WebSocket; every session in the sidebar is subscribed and resumed with
-// lastSeq/epoch after a reconnect, so a dropped socket costs no event.
+// Two transports, switched in the top bar:
+// - WebSocket: one socket; every session in the sidebar is subscribed and
+//   resumed with lastSeq/epoch after a reconnect, so a dropped socket costs
+//   no event.
+// - Server-Sent Events: one EventSource per session; the browser reconnects
+//   by itself and sends Last-Event-ID, which resumes the same way. Permission
+//   answers go as POST requests naming the stream's connection id.
+// A session opened without history joins late: the server replays what it
+// holds ("from": "start"), so the page shows the session so far.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const MAX_SESSIONS = 20;
 
+const TRANSPORTS = ["websocket", "sse"];
+const EVENT_TYPES = [
+  "connected", "subscribed", "unsubscribed", "client_error", "config_changed",
+  "text_delta", "text_complete", "tool_start", "tool_result", "complete", "error",
+  "permission_request", "permission_timeout",
+];
+
 const state = {
+  transport: transportOf(new URLSearchParams(location.search).get("transport"))
+    || transportOf(localStorage.getItem("sf.transport")) || "websocket",
   ws: null,
   connectionId: null,
   backoff: 250,
@@ -15,6 +31,10 @@ const state = {
   frames: 0,
 };
 window.sessionfanoutDemo = state; // handy in the console
+
+function transportOf(name) {
+  return TRANSPORTS.includes(name) ? name : null;
+}
 
 function saveSessions() {
   localStorage.setItem("sf.sessions", JSON.stringify([...state.views.keys()]));
@@ -40,8 +60,8 @@ function viewOf(sessionId) {
     state.views.set(sessionId, view);
     while (state.views.size > MAX_SESSIONS) {
       const oldest = state.views.keys().next().value;
+      unsubscribe(state.views.get(oldest));
       state.views.delete(oldest);
-      send({ type: "unsubscribe", sessionId: oldest });
     }
     saveSessions();
     subscribe(view);
@@ -168,9 +188,9 @@ const handlers = {
     const deny = el("button", "deny", "Deny");
     allow.dataset.testid = "allow";
     deny.dataset.testid = "deny";
-    const answer = (allowed) => {
-      send({ type: "permission_response", requestId: request.requestId, allowed });
-      decide(card, allowed ? "✓ You allowed it" : "✗ You denied it");
+    const answer = async (allowed) => {
+      const ok = await answerPermission(view, request.requestId, allowed);
+      if (ok) decide(card, allowed ? "✓ You allowed it" : "✗ You denied it");
     };
     allow.onclick = () => answer(true);
     deny.onclick = () => answer(false);
@@ -207,18 +227,20 @@ function onFrame(frame) {
   switch (frame.type) {
     case "connected":
       state.connectionId = frame.connectionId;
-      $("conn-id").textContent = `connection ${frame.connectionId}`;
+      $("conn-id").textContent = `${state.transport} connection ${frame.connectionId}`;
       return;
     case "subscribed": {
       const view = state.views.get(frame.sessionId);
       if (!view) return;
-      if (!frame.resumed && view.lastSeq !== null && view.lastSeq < frame.seq) {
+      // What comes next: the replay from firstSeq, or live events after seq.
+      const next = frame.firstSeq !== undefined ? frame.firstSeq : frame.seq + 1;
+      if (!frame.resumed && view.lastSeq !== null && view.lastSeq < next - 1) {
         if (view.id === state.current) {
-          notice(`Events ${view.lastSeq + 1}–${frame.seq} are no longer available; showing new events from here.`);
+          notice(`Events ${view.lastSeq + 1}–${next - 1} are no longer available; showing new events from here.`);
         }
         append(view, el("div", "event-line", "— history gap: reloaded —"));
       }
-      if (!frame.resumed) view.lastSeq = frame.seq;
+      if (!frame.resumed) view.lastSeq = next - 1;
       view.epoch = frame.epoch;
       renderMeta();
       return;
@@ -256,15 +278,37 @@ function send(frame) {
 }
 
 function subscribe(view) {
+  if (state.transport === "sse") return openStream(view);
   const frame = { type: "subscribe", sessionId: view.id };
   if (view.lastSeq !== null && view.epoch) {
     frame.lastSeq = view.lastSeq;
     frame.epoch = view.epoch;
+  } else {
+    frame.from = "start"; // a late joiner: everything the server still holds
   }
   send(frame);
 }
 
+function unsubscribe(view) {
+  if (!view) return;
+  if (view.source) view.source.close();
+  else send({ type: "unsubscribe", sessionId: view.id });
+}
+
+async function answerPermission(view, requestId, allowed) {
+  if (state.transport === "websocket") {
+    send({ type: "permission_response", requestId, allowed });
+    return true;
+  }
+  const path = `/api/sessions/${encodeURIComponent(view.id)}/permissions/${encodeURIComponent(requestId)}`;
+  return post(path, { connectionId: view.connectionId, allowed });
+}
+
 function connect() {
+  if (state.transport === "sse") {
+    setStatus("connected", "Streaming (SSE)");
+    return;
+  }
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(`${scheme}://${location.host}/ws`);
   state.ws = ws;
@@ -281,6 +325,29 @@ function connect() {
     state.backoff = Math.min(state.backoff * 2, 5000);
     setTimeout(connect, delay);
   };
+}
+
+// One EventSource per session. It reconnects by itself and sends the id of
+// the last event it saw (Last-Event-ID: <epoch>:<seq>), which resumes the
+// stream exactly; the first connection of a new view joins from the start.
+function openStream(view) {
+  const base = `/api/sessions/${encodeURIComponent(view.id)}/events`;
+  const query = view.lastSeq !== null && view.epoch
+    ? `?lastEventId=${encodeURIComponent(`${view.epoch}:${view.lastSeq}`)}` : "?from=start";
+  const source = new EventSource(base + query);
+  view.source = source;
+  source.onopen = () => setStatus("connected", "Streaming (SSE)");
+  source.onerror = () => setStatus("reconnecting", "Reconnecting…");
+  for (const type of EVENT_TYPES) {
+    source.addEventListener(type, (event) => {
+      // EventSource fires "error" of its own (no data) when the stream breaks;
+      // the protocol's error frames come under the same name, with data.
+      if (event.data === undefined) return;
+      const frame = JSON.parse(event.data);
+      if (frame.type === "connected") view.connectionId = frame.connectionId;
+      onFrame(frame);
+    });
+  }
 }
 
 // -- actions -----------------------------------------------------------------
@@ -351,6 +418,14 @@ $("join-form").onsubmit = (event) => {
   const id = $("join-id").value.trim();
   if (id) select(id);
   $("join-id").value = "";
+};
+
+$("transport").value = state.transport;
+$("transport").onchange = () => {
+  localStorage.setItem("sf.transport", $("transport").value);
+  const url = new URL(location.href);
+  url.searchParams.set("transport", $("transport").value);
+  location.href = url.toString();
 };
 
 // -- start -------------------------------------------------------------------
