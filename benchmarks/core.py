@@ -40,6 +40,7 @@ from sessionfanout import (
 )
 from sessionfanout.codec import unstructure
 from sessionfanout.publishing import BATCH_EARLY
+from sessionfanout.sse import SseFramer
 
 Row = tuple[str, float]
 
@@ -123,6 +124,19 @@ def batcher_rows(sessions: int, deltas_per_session: int) -> list[tuple[str, floa
     ]
 
 
+class _SseSink(CountingSink):
+    """The writer path with each frame framed as Server-Sent Events, as the
+    example app's event streams do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.framer = SseFramer()
+
+    async def send(self, text: str) -> None:
+        self.framer.frame(text)
+        self.count += 1
+
+
 class _DirectSink(CountingSink):
     def try_send(self, text: str) -> bool:
         self.count += 1
@@ -154,15 +168,17 @@ async def _deliver(
 
 
 def delivery_rows(sessions: int = 100, subscribers: int = 2, events: int = 100) -> list[Row]:
-    direct, writer = [], []
+    direct, writer, sse = [], [], []
     for _ in range(5):
         direct.append(asyncio.run(_deliver(_DirectSink, sessions, subscribers, events)))
         writer.append(asyncio.run(_deliver(CountingSink, sessions, subscribers, events)))
-    fast, plain = statistics.median(direct), statistics.median(writer)
+        sse.append(asyncio.run(_deliver(_SseSink, sessions, subscribers, events)))
+    fast, plain, framed = (statistics.median(runs) for runs in (direct, writer, sse))
     shape = f"{sessions}x{subscribers}, paced"
     return [
         (f"deliver a frame, direct write (try_send), {shape}", fast),
         (f"  baseline: outbox + writer task ({plain / fast:.1f}x)", plain),
+        (f"deliver a frame as SSE (writer task + framing) ({framed / plain:.2f}x writer)", framed),
     ]
 
 
