@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sessionfanout import InvalidArgument, Subscribed, codec
+from sessionfanout import Complete, InvalidArgument, Subscribed, codec
 from sessionfanout.events import SESSION_EVENT_TYPES
 from sessionfanout.history import new_epoch
 from sessionfanout.sse import (
@@ -116,3 +116,14 @@ def test_a_frame_before_its_sessions_subscribed_has_no_id_to_resume_from() -> No
 def test_the_heartbeat_is_a_comment_a_client_ignores() -> None:
     assert [] == parse(HEARTBEAT)
     assert HEARTBEAT.startswith(":")
+
+
+def test_streams_on_different_epochs_each_get_their_own_ids_for_the_same_frame() -> None:
+    text = codec.encode(Complete("s", seq=7))
+    framers = {epoch: SseFramer() for epoch in ("e1", "e2", "e1 again")}
+    for epoch, framer in framers.items():
+        framer.frame(codec.encode(Subscribed("s", 0, epoch.split()[0], False)))
+    ids = {epoch: parse(framer.frame(text))[0]["id"] for epoch, framer in framers.items()}
+    assert {"e1": "e1:7", "e2": "e2:7", "e1 again": "e1:7"} == ids
+    late = SseFramer()
+    assert "id" not in parse(late.frame(text))[0], "no subscribed seen: no id"

@@ -28,9 +28,7 @@ from .errors import InvalidArgument
 __all__ = ("HEARTBEAT", "SseFramer", "encode_event", "event_id", "parse_last_event_id")
 
 HEARTBEAT: Final = ": heartbeat\n\n"
-_TYPE = re.compile(r'\{"type":"([a-z_]+)"')
-_SEQ = re.compile(r',"seq":(\d+)\}$')
-_SESSION = re.compile(r'"sessionId":("(?:[^"\\]|\\.)*")')
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 
 
@@ -57,19 +55,25 @@ def parse_last_event_id(value: object) -> tuple[str, int]:
 def encode_event(data: str, event_type: str | None = None, event_id: str | None = None) -> str:
     """One SSE event. A line break in ``data`` starts another ``data:`` line,
     which the browser joins back with a newline: no text changes on the way."""
-    lines = []
+    head = ""
     if event_id is not None:
-        if _NEWLINE.search(event_id) or "\0" in event_id:
+        if "\n" in event_id or "\r" in event_id or "\0" in event_id:
             raise InvalidArgument(f"an SSE id must be one line without NUL, got {event_id!r:.80}")
-        lines.append(f"id: {event_id}\n")
+        head = f"id: {event_id}\n"
     if event_type is not None:
-        lines.append(f"event: {event_type}\n")
-    lines.extend(f"data: {line}\n" for line in _NEWLINE.split(data))
-    return "".join(lines) + "\n"
+        head += f"event: {event_type}\n"
+    if "\n" in data or "\r" in data:  # never in the protocol's compact JSON
+        return head + "".join(f"data: {line}\n" for line in _NEWLINE.split(data)) + "\n"
+    return f"{head}data: {data}\n\n"
 
 
 class SseFramer:
-    """Frames one stream's frames as SSE events, each session event with its id."""
+    """Frames one stream's frames as SSE events, each session event with its id.
+
+    Frames come from the codec, so their shape is known: ``type`` first, and a
+    session event's ``sessionId`` second and ``seq`` last. The session is
+    looked up by its id as written in the JSON (escaped), with no decoding.
+    """
 
     __slots__ = ("_epochs",)
 
@@ -77,17 +81,22 @@ class SseFramer:
         self._epochs: dict[str, str] = {}
 
     def frame(self, text: str) -> str:
-        """The SSE event for one frame of the protocol (compact JSON, ``type`` first)."""
-        match = _TYPE.match(text)
-        event_type = match.group(1) if match else None
+        """The SSE event for one frame of the protocol."""
+        event_type = text[9 : text.find('"', 9)] if text.startswith('{"type":"') else None
         if event_type == "subscribed":
             data = json.loads(text)
-            self._epochs[data["sessionId"]] = data["epoch"]
+            self._epochs[_session_of(text)] = data["epoch"]
             return encode_event(text, event_type)
-        seq = _SEQ.search(text)
-        if seq is None:  # not a numbered session event: no id to resume from
+        at = text.rfind(',"seq":')
+        number = text[at + 7 : -1] if at > 0 else ""
+        if not number.isdigit() or event_type is None:  # not numbered: no id to resume from
             return encode_event(text, event_type)
-        session = _SESSION.search(text)  # the field's JSON string alone: no full decode
-        epoch = self._epochs.get(json.loads(session.group(1))) if session else None
-        number = int(seq.group(1))
-        return encode_event(text, event_type, None if epoch is None else event_id(epoch, number))
+        epoch = self._epochs.get(_session_of(text))
+        return encode_event(text, event_type, None if epoch is None else f"{epoch}:{number}")
+
+
+def _session_of(text: str) -> str:
+    """The ``sessionId`` field's JSON string, as written (second, after ``type``)."""
+    start = text.find(',"sessionId":"') + 13
+    match = _JSON_STRING.match(text, start)
+    return match.group(0) if match else ""
