@@ -15,7 +15,7 @@ APT_GET := $(shell command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && ec
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[redis,examples,dev]'
+	$(BIN)/pip install --quiet -e '.[redis,prometheus,examples,dev]'
 	touch $(STAMP)
 
 # Debian packages the real-component tests use: a Redis server and a browser.
