@@ -229,6 +229,9 @@ async def test_handle_message_fuzz_nothing_escapes_and_rejections_change_nothing
                 assert before_stats.subscriptions == after.subscriptions
                 assert before_stats.known_sessions == after.known_sessions
                 assert before_stats.client_errors + 1 == after.client_errors
+                code = replies[0]["code"]
+                counted = before_stats.client_errors_by_code.get(code, 0) + 1
+                assert counted == after.client_errors_by_code[code]
 
 
 async def test_unsubscribe_stops_delivery_and_answers() -> None:

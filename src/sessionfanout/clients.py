@@ -130,7 +130,10 @@ class Clients:
                 assert isinstance(message, CustomFrame)
                 await self.custom[message.type](connection, message)
         except ProtocolError as exc:
-            self._counters.client_errors += 1
+            counters = self._counters
+            counters.client_errors += 1
+            by_code = counters.client_errors_by_code
+            by_code[exc.code] = by_code.get(exc.code, 0) + 1
             if self._registry.is_connected(connection):
                 reply = ClientError(exc.code, exc.message, exc.request_type)
                 self._delivery.reply(connection, reply)

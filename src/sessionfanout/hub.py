@@ -434,6 +434,7 @@ class Hub:
             closed_slow=counters.closed_slow,
             closed_broken=counters.closed_broken,
             client_errors=counters.client_errors,
+            client_errors_by_code=dict(counters.client_errors_by_code),
             unknown_agent_events=self.transformer.unknown_events,
             lost_batches=counters.lost_batches,
             resyncs=counters.resyncs,

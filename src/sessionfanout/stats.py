@@ -27,6 +27,7 @@ class Counters:
     lost_batches: int = 0
     resyncs: int = 0
     session_faults: int = 0
+    client_errors_by_code: dict[str, int] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -67,6 +68,8 @@ class HubStatistics:
     closed_slow: int
     closed_broken: int
     client_errors: int
+    client_errors_by_code: dict[str, int]
+    """``client_errors`` by their PROTOCOL.md code."""
     unknown_agent_events: int
     lost_batches: int
     """Delta batches the backplane could not take (it was unavailable)."""
