@@ -25,15 +25,17 @@ EXPECTED = {
 }  # fmt: skip
 
 
-# Used by name, not re-exported: redis_broker needs an extra; sse is a
-# transport's framing (``from sessionfanout.sse import SseFramer``).
-OPTIONAL = {"redis_broker", "sse"}
+# Used by name, not re-exported: redis_broker and metrics need an extra; sse
+# is a transport's framing (``from sessionfanout.sse import SseFramer``);
+# testing is for users' test suites.
+OPTIONAL = {"metrics", "redis_broker", "sse", "testing"}
 
 
 def test_optional_modules_export_what_they_say() -> None:
-    from sessionfanout import redis_broker, sse
+    from sessionfanout import redis_broker, sse, testing
 
     assert ("RedisBroker",) == redis_broker.__all__
+    assert ("RecordingSink", "TestClient") == testing.__all__
     assert {"HEARTBEAT", "SseFramer", "encode_event", "event_id", "parse_last_event_id"} == set(
         sse.__all__
     )
