@@ -46,6 +46,10 @@ logger = logging.getLogger("sessionfanout")
 CustomFrameHandler = Callable[[Connection, CustomFrame], Awaitable[None]]
 """Handles an application-defined client frame; raise ``ProtocolError`` to refuse it."""
 
+LOG_BURST = 5
+LOG_RATE = 0.1
+"""Records a second about one connection, after its first ``LOG_BURST``."""
+
 PROTOCOL_FRAMES = frozenset({Subscribe.TYPE, Unsubscribe.TYPE, PermissionResponse.TYPE})
 
 
@@ -191,6 +195,18 @@ class Clients:
         self._broker.unwatch(session_id)
         return True
 
+    def _may_log(self, connection: Connection) -> bool:
+        """A connection may cause a few log records, then one every so often: a
+        client that floods the server does not flood its log. The rest are
+        counted (``suppressed_logs``)."""
+        now = self.clock()
+        if connection.log_budget is None:
+            connection.log_budget = TokenBucket(LOG_RATE, LOG_BURST, now)
+        if connection.log_budget.take(now):
+            return True
+        self._counters.suppressed_logs += 1
+        return False
+
     async def _authorized(self, connection: Connection, session_id: str) -> bool:
         hook = self._config.authorize
         if hook is None:
@@ -200,11 +216,12 @@ class Clients:
             if inspect.isawaitable(verdict):
                 verdict = await verdict
         except Exception:
-            logger.exception(
-                "authorize hook failed; refusing %r",
-                session_id,
-                extra={"session_id": session_id, "connection_id": connection.id},
-            )
+            if self._may_log(connection):
+                logger.exception(
+                    "authorize hook failed; refusing %r",
+                    session_id,
+                    extra={"session_id": session_id, "connection_id": connection.id},
+                )
             return False
         return verdict is True
 

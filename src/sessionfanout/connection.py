@@ -185,6 +185,7 @@ class Connection:
         "context",
         "frames_sent",
         "id",
+        "log_budget",
         "outbox",
         "parked_at",
         "queued_bytes",
@@ -214,6 +215,8 @@ class Connection:
         """The writer's task (or its cancel scope) while it has one."""
         self.parked_at = 0.0
         self.rate: Any = None
+        self.log_budget: Any = None
+        """Warnings about this connection it may still cause (made on the first)."""
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state!r} queued={self.queued}>"

@@ -354,7 +354,13 @@ class Hub:
 
     # -- containment and deadlines -------------------------------------------
 
-    def _contain(self, session_id: str | None, work: str, exc: BaseException) -> None:
+    def _contain(
+        self,
+        session_id: str | None,
+        work: str,
+        exc: BaseException,
+        connection_id: str | None = None,
+    ) -> None:
         """The containment rule: an unexpected error in the hub's work for one
         session is logged with the session id, counted (``session_faults``)
         and goes no further. The scheduler, the other sessions and every
@@ -366,11 +372,11 @@ class Hub:
             work,
             session_id,
             exc_info=exc,
-            extra={"session_id": session_id},
+            extra={"session_id": session_id, "connection_id": connection_id},
         )
 
     def _writer_failed(self, connection: Connection, exc: BaseException) -> None:
-        self._contain(None, f"connection {connection.id}'s writer", exc)
+        self._contain(None, f"connection {connection.id}'s writer", exc, connection.id)
 
     async def _scheduler(self) -> None:
         """The one task that drives every deadline of the hub."""
@@ -439,6 +445,7 @@ class Hub:
             lost_batches=counters.lost_batches,
             resyncs=counters.resyncs,
             session_faults=counters.session_faults,
+            suppressed_logs=counters.suppressed_logs,
             broker=dict(self.broker.statistics()),
             outboxes=connections,
         )

@@ -27,6 +27,7 @@ class Counters:
     lost_batches: int = 0
     resyncs: int = 0
     session_faults: int = 0
+    suppressed_logs: int = 0
     client_errors_by_code: dict[str, int] = attrs.field(factory=dict)
 
 
@@ -75,6 +76,8 @@ class HubStatistics:
     """Delta batches the backplane could not take (it was unavailable)."""
     resyncs: int
     """Times subscribers were told to reload a session after lost events."""
+    suppressed_logs: int
+    """Log records about one connection left out once it had caused too many."""
     session_faults: int
     """Unexpected errors in the hub's work for one session (each logged and
     confined to that session). Non-zero means a bug."""

@@ -164,7 +164,13 @@ class Listener:
                     await self.catch_up(session_id)
         except ForgedEnvelope as exc:
             self._counters.forged += 1
-            logger.warning("dropped a forged or malformed message on %s: %s", channel, exc)
+            session = names.session_of(channel) if channel.startswith(names.channel("")) else None
+            logger.warning(
+                "dropped a forged or malformed message on %s: %s",
+                channel,
+                exc,
+                extra={"session_id": session},
+            )
 
     def _record(self, session_id: str, envelope: Envelope) -> Recorded:
         """Keep the event if it is the next one of the session, and deliver it."""
@@ -215,7 +221,12 @@ class Listener:
                 verified.append(self._signer.unpack_entry(session_id, epoch, entry))
             except ForgedEnvelope as exc:
                 self._counters.forged += 1
-                logger.warning("dropped a forged history entry of %s: %s", session_id, exc)
+                logger.warning(
+                    "dropped a forged history entry of %s: %s",
+                    session_id,
+                    exc,
+                    extra={"session_id": session_id},
+                )
         run: list[Envelope] = []
         for envelope in reversed(verified):
             if envelope.seq < seq - len(run):
@@ -271,10 +282,17 @@ class Listener:
                 except CONNECTION_ERRORS as exc:
                     # Still watched: the listener reconnects, subscribes and catches
                     # it up from where the seed below leaves it.
-                    logger.info("subscribing to %s is delayed: %s", session_id, exc)
+                    logger.info(
+                        "subscribing to %s is delayed: %s",
+                        session_id,
+                        exc,
+                        extra={"session_id": session_id},
+                    )
             await self._seed(session_id)
         except CONNECTION_ERRORS as exc:
-            logger.info("watching %s is delayed: %s", session_id, exc)
+            logger.info(
+                "watching %s is delayed: %s", session_id, exc, extra={"session_id": session_id}
+            )
         except BaseException:
             self.unwatch(session_id)
             raise
@@ -303,4 +321,9 @@ class Listener:
         try:
             await pubsub.unsubscribe(self._names.channel(session_id))
         except Exception as exc:
-            logger.debug("unsubscribing from %s failed: %r", session_id, exc)
+            logger.debug(
+                "unsubscribing from %s failed: %r",
+                session_id,
+                exc,
+                extra={"session_id": session_id},
+            )
