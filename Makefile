@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 LINTED := $(wildcard src tests examples benchmarks)
 STAMP := $(VENV)/.installed
+TSC := $(VENV)/node/node_modules/.bin/tsc
 HOST ?= 127.0.0.1
 PORT ?= 8000
 APT_GET := $(shell command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo) apt-get
@@ -17,6 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[redis,prometheus,examples,dev]'
 	touch $(STAMP)
+
+# TypeScript's checker, for the JSDoc types of the browser client (from npm).
+$(TSC): $(STAMP)
+	npm install --prefix $(VENV)/node --no-audit --no-fund --silent typescript@5
 
 # Debian packages the real-component tests use: a Redis server and a browser.
 system-deps:
@@ -38,13 +43,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
-test: $(STAMP) system-deps lint typecheck
+test: $(STAMP) $(TSC) system-deps lint typecheck
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow and not browser'
 
-test-slow: $(STAMP) system-deps
+test-slow: $(STAMP) $(TSC) system-deps
 	$(BIN)/python -m pytest -q -m 'slow or browser'
 
 bench: $(STAMP) system-deps

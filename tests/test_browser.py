@@ -68,7 +68,7 @@ def test_the_demo_page_streams_asks_permission_and_resumes(
     page.screenshot(path=str(tmp_path / "complete.png"))
 
     # Drop the socket, stream while the page is away, and watch it resume.
-    page.evaluate("window.sessionfanoutDemo.ws.close()")
+    page.evaluate("window.sessionfanoutDemo.client.ws.close()")
     page.wait_for_selector(".status-reconnecting")
     second = "Written while the page was reconnecting."
     response = httpx.post(

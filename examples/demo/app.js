@@ -1,35 +1,33 @@
-// sessionfanout demo page: plain JS, no build step.
-// Two transports, switched in the top bar:
-// - WebSocket: one socket; every session in the sidebar is subscribed and
-//   resumed with lastSeq/epoch after a reconnect, so a dropped socket costs
-//   no event.
-// - Server-Sent Events: one EventSource per session; the browser reconnects
-//   by itself and sends Last-Event-ID, which resumes the same way. Permission
-//   answers go as POST requests naming the stream's connection id.
-// A session opened without history joins late: the server replays what it
-// holds ("from": "start"), so the page shows the session so far.
-"use strict";
+// sessionfanout demo page: plain JS, no build step. The protocol is in
+// client.js (the reusable browser client): connecting, reconnecting,
+// resuming with lastSeq/epoch or Last-Event-ID, late joining, answering
+// permissions, on WebSocket or Server-Sent Events (the switch in the top
+// bar). This file only renders.
+import { SessionFanoutClient } from "./client.js";
 
 const $ = (id) => document.getElementById(id);
 const MAX_SESSIONS = 20;
 
 const TRANSPORTS = ["websocket", "sse"];
-const EVENT_TYPES = [
-  "connected", "subscribed", "unsubscribed", "client_error", "config_changed",
-  "text_delta", "text_complete", "tool_start", "tool_result", "complete", "error",
-  "permission_request", "permission_timeout",
-];
+const STATUS = {
+  connecting: "Connecting…", connected: "Connected", reconnecting: "Reconnecting…", closed: "Closed",
+};
 
 const state = {
   transport: transportOf(new URLSearchParams(location.search).get("transport"))
     || transportOf(localStorage.getItem("sf.transport")) || "websocket",
-  ws: null,
-  connectionId: null,
-  backoff: 250,
   current: null,
   views: new Map(), // sessionId -> view
   frames: 0,
 };
+const client = new SessionFanoutClient({
+  transport: state.transport,
+  onStatus: (status) => setStatus(status, STATUS[status] + (state.transport === "sse" ? " (SSE)" : "")),
+  onConnected: (id) => { $("conn-id").textContent = `${state.transport} connection ${id}`; },
+  onGlobal: (frame) => { if (frame.changeType === "theme") toggleTheme(); },
+  onClientError: (frame) => notice(`Server refused a frame: ${frame.code}: ${frame.message}`),
+});
+state.client = client;
 window.sessionfanoutDemo = state; // handy in the console
 
 function transportOf(name) {
@@ -53,18 +51,27 @@ function viewOf(sessionId) {
   let view = state.views.get(sessionId);
   if (!view) {
     view = {
-      id: sessionId, lastSeq: null, epoch: null, running: false,
+      id: sessionId, running: false, session: null,
       root: el("div", "view"), turns: new Map(), tools: new Map(), permissions: new Map(),
     };
     view.root.style.display = "contents";
     state.views.set(sessionId, view);
     while (state.views.size > MAX_SESSIONS) {
       const oldest = state.views.keys().next().value;
-      unsubscribe(state.views.get(oldest));
+      client.unsubscribe(oldest);
       state.views.delete(oldest);
     }
     saveSessions();
-    subscribe(view);
+    view.session = client.subscribe(sessionId, {
+      onEvent: (frame) => onEvent(view, frame),
+      onSubscribed: () => renderMeta(),
+      onReload: (gap) => {
+        if (view.id === state.current) {
+          notice(`Events ${gap.from}–${gap.to} are no longer available; showing new events from here.`);
+        }
+        append(view, el("div", "event-line", "— history gap: reloaded —"));
+      },
+    });
   }
   return view;
 }
@@ -102,8 +109,9 @@ function renderSidebar() {
 function renderMeta() {
   const view = state.views.get(state.current);
   $("abort").disabled = !view || !view.running;
-  $("session-meta").textContent = view && view.epoch
-    ? `seq ${view.lastSeq} · epoch ${view.epoch}` : "";
+  const session = view && view.session;
+  $("session-meta").textContent = session && session.epoch
+    ? `seq ${session.lastSeq ?? 0} · epoch ${session.epoch}` : "";
   $("counters").textContent = `${state.frames} frames received`;
 }
 
@@ -189,7 +197,7 @@ const handlers = {
     allow.dataset.testid = "allow";
     deny.dataset.testid = "deny";
     const answer = async (allowed) => {
-      const ok = await answerPermission(view, request.requestId, allowed);
+      const ok = await client.answerPermission(view.id, request.requestId, allowed);
       if (ok) decide(card, allowed ? "✓ You allowed it" : "✗ You denied it");
     };
     allow.onclick = () => answer(true);
@@ -222,132 +230,18 @@ function decide(card, text) {
   card.append(el("div", "sub", text));
 }
 
-function onFrame(frame) {
+function onEvent(view, frame) {
   state.frames += 1;
-  switch (frame.type) {
-    case "connected":
-      state.connectionId = frame.connectionId;
-      $("conn-id").textContent = `${state.transport} connection ${frame.connectionId}`;
-      return;
-    case "subscribed": {
-      const view = state.views.get(frame.sessionId);
-      if (!view) return;
-      // What comes next: the replay from firstSeq, or live events after seq.
-      const next = frame.firstSeq !== undefined ? frame.firstSeq : frame.seq + 1;
-      if (!frame.resumed && view.lastSeq !== null && view.lastSeq < next - 1) {
-        if (view.id === state.current) {
-          notice(`Events ${view.lastSeq + 1}–${next - 1} are no longer available; showing new events from here.`);
-        }
-        append(view, el("div", "event-line", "— history gap: reloaded —"));
-      }
-      if (!frame.resumed) view.lastSeq = next - 1;
-      view.epoch = frame.epoch;
-      renderMeta();
-      return;
-    }
-    case "config_changed":
-      if (frame.changeType === "theme") toggleTheme();
-      return;
-    case "client_error":
-      notice(`Server refused a frame: ${frame.code}: ${frame.message}`);
-      return;
-    case "unsubscribed":
-      return;
-  }
-  const view = state.views.get(frame.sessionId);
   const handler = handlers[frame.type];
-  if (!view || !handler) return;
-  if (typeof frame.seq === "number") {
-    if (view.lastSeq !== null && frame.seq <= view.lastSeq) return; // already shown
-    view.lastSeq = frame.seq;
-  }
+  if (!handler) return;
   handler(view, frame);
   renderMeta();
 }
-
-// -- socket ------------------------------------------------------------------
 
 function setStatus(kind, text) {
   const status = $("status");
   status.className = `status status-${kind}`;
   status.textContent = text;
-}
-
-function send(frame) {
-  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(frame));
-}
-
-function subscribe(view) {
-  if (state.transport === "sse") return openStream(view);
-  const frame = { type: "subscribe", sessionId: view.id };
-  if (view.lastSeq !== null && view.epoch) {
-    frame.lastSeq = view.lastSeq;
-    frame.epoch = view.epoch;
-  } else {
-    frame.from = "start"; // a late joiner: everything the server still holds
-  }
-  send(frame);
-}
-
-function unsubscribe(view) {
-  if (!view) return;
-  if (view.source) view.source.close();
-  else send({ type: "unsubscribe", sessionId: view.id });
-}
-
-async function answerPermission(view, requestId, allowed) {
-  if (state.transport === "websocket") {
-    send({ type: "permission_response", requestId, allowed });
-    return true;
-  }
-  const path = `/api/sessions/${encodeURIComponent(view.id)}/permissions/${encodeURIComponent(requestId)}`;
-  return post(path, { connectionId: view.connectionId, allowed });
-}
-
-function connect() {
-  if (state.transport === "sse") {
-    setStatus("connected", "Streaming (SSE)");
-    return;
-  }
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/ws`);
-  state.ws = ws;
-  ws.onopen = () => {
-    state.backoff = 250;
-    setStatus("connected", "Connected");
-    for (const view of state.views.values()) subscribe(view);
-  };
-  ws.onmessage = (message) => onFrame(JSON.parse(message.data));
-  ws.onclose = () => {
-    if (state.ws !== ws) return;
-    setStatus("reconnecting", "Reconnecting…");
-    const delay = state.backoff * (0.75 + Math.random() / 2);
-    state.backoff = Math.min(state.backoff * 2, 5000);
-    setTimeout(connect, delay);
-  };
-}
-
-// One EventSource per session. It reconnects by itself and sends the id of
-// the last event it saw (Last-Event-ID: <epoch>:<seq>), which resumes the
-// stream exactly; the first connection of a new view joins from the start.
-function openStream(view) {
-  const base = `/api/sessions/${encodeURIComponent(view.id)}/events`;
-  const query = view.lastSeq !== null && view.epoch
-    ? `?lastEventId=${encodeURIComponent(`${view.epoch}:${view.lastSeq}`)}` : "?from=start";
-  const source = new EventSource(base + query);
-  view.source = source;
-  source.onopen = () => setStatus("connected", "Streaming (SSE)");
-  source.onerror = () => setStatus("reconnecting", "Reconnecting…");
-  for (const type of EVENT_TYPES) {
-    source.addEventListener(type, (event) => {
-      // EventSource fires "error" of its own (no data) when the stream breaks;
-      // the protocol's error frames come under the same name, with data.
-      if (event.data === undefined) return;
-      const frame = JSON.parse(event.data);
-      if (frame.type === "connected") view.connectionId = frame.connectionId;
-      onFrame(frame);
-    });
-  }
 }
 
 // -- actions -----------------------------------------------------------------
@@ -431,7 +325,7 @@ $("transport").onchange = () => {
 // -- start -------------------------------------------------------------------
 
 document.documentElement.dataset.theme = localStorage.getItem("sf.theme") || "light";
-connect();
+client.connect();
 for (const id of JSON.parse(localStorage.getItem("sf.sessions") || "[]")) viewOf(id);
 const wanted = decodeURIComponent(location.hash.slice(1));
 if (wanted) select(wanted);
