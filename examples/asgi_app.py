@@ -7,7 +7,8 @@ Routes: ``GET /`` (the demo page), ``WS /ws`` (the protocol),
 ``sse_routes``), ``POST /api/sessions/{id}/permissions/{requestId}``,
 ``POST /api/sessions/{id}/messages`` (start the mock agent),
 ``POST /api/sessions/{id}/abort``, ``POST /api/config/changed``,
-``GET /api/statistics`` (the hub's counters).
+``GET /api/statistics`` (the hub's counters), ``GET /metrics`` (the same for
+Prometheus).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import attrs
 import uvicorn
 from agents import AgentRunner  # the script's folder is on sys.path
 from mock_agent import MockOptions
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sse_routes import HEARTBEAT_SECONDS, Streams, heartbeat_seconds
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -35,6 +37,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sessionfanout import MAX_ID_LENGTH, ConfigChanged, Connection, Hub, HubClosed, HubConfig
+from sessionfanout.metrics import HubCollector
 
 DEMO = Path(__file__).parent / "demo"
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -144,6 +147,12 @@ async def get_statistics(request: Request) -> Response:
     return JSONResponse(stats)
 
 
+async def get_metrics(request: Request) -> Response:
+    """The hub's counters in Prometheus's text format (``sessionfanout.metrics``)."""
+    body = generate_latest(request.app.state.metrics)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
 async def index(request: Request) -> Response:
     return FileResponse(DEMO / "index.html")
 
@@ -193,6 +202,10 @@ def create_app(
             broker = RedisBroker(redis_url, secret=secret)
         async with Hub(config, broker=broker) as hub, anyio.create_task_group() as agents:
             app.state.hub = hub
+            # The app's own registry: /metrics shows this hub alone, and a second app in
+            # this process does not clash with it in prometheus_client's global one.
+            app.state.metrics = CollectorRegistry()
+            HubCollector(hub, app.state.metrics)
             app.state.runner = AgentRunner(hub, agents)
             app.state.streams = Streams(hub, authorize, sse_heartbeat)
             yield
@@ -212,6 +225,7 @@ def create_app(
             Route("/api/sessions/{session_id:path}/abort", post_abort, methods=["POST"]),
             Route("/api/config/changed", post_config_changed, methods=["POST"]),
             Route("/api/statistics", get_statistics),
+            Route("/metrics", get_metrics),
             Mount("/static", StaticFiles(directory=DEMO)),
             *(test_routes if test_endpoints else []),
         ],
