@@ -6,7 +6,8 @@ import pkgutil
 import sessionfanout
 
 EXPECTED = {
-    "DEFAULT_MAX_FRAME_BYTES", "MAX_ID_LENGTH", "AgentComplete", "AgentError", "AgentEvent",
+    "DEFAULT_MAX_FRAME_BYTES", "MAX_ID_LENGTH", "Abort", "subscribers_may_abort",
+    "AgentComplete", "AgentError", "AgentEvent",
     "AgentPermissionRequest",
     "AgentTextComplete", "AgentTextDelta", "AgentToolResult", "AgentToolStart", "AuthorizeHook",
     "Batch", "Broker", "BrokerContext", "BrokerUnavailable", "LocalBroker", "Receiver",

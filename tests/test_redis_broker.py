@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from sessionfanout import (
+    AgentTextDelta,
     BrokerUnavailable,
     Complete,
     ConfigChanged,
@@ -513,3 +514,33 @@ async def test_a_client_subscribing_while_the_pubsub_connection_reconnects_resum
     assert (True, 5, epoch) == (reply["resumed"], reply["seq"], reply["epoch"])
     assert [(n + 1, str(n)) for n in range(2, 10)] == results(sink, "s")
     assert [reply] == sink.of_type("subscribed"), "no reload"
+
+
+async def test_an_agent_on_one_process_is_seen_and_stopped_from_the_other(
+    redis_server: Any,
+) -> None:
+    started = anyio.Event()
+
+    async def forever() -> Any:
+        yield AgentTextDelta("so far", "t1")
+        started.set()
+        await anyio.sleep_forever()
+
+    async with hub(redis_server) as a, hub(redis_server) as b, anyio.create_task_group() as tg:
+        conn, sink = await connect(b)
+        await subscribe(b, conn, "s")
+        tg.start_soon(a.run_agent, "s", forever())
+        await started.wait()
+        assert (True, False) == (await b.is_running("s"), await b.is_running("other"))
+        assert await b.abort("s", "stopped elsewhere")
+        await wait_for(lambda: bool(sink.of_type("complete")))
+        with anyio.fail_after(5):
+            # Polling on purpose: the run unmarks itself in Redis once it has ended.
+            while await b.is_running("s"):  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        assert not await b.abort("s")
+    frames = events(sink, "s")
+    check_gap_free(frames)
+    assert [("text_delta", "so far"), ("error", "stopped elsewhere"), ("complete", None)] == [
+        (f["type"], f.get("delta", f.get("error"))) for f in frames
+    ]

@@ -29,7 +29,7 @@ from .codec import (
     encode_delta,
     with_seq,
 )
-from .config import AuthorizeHook, HubConfig, SlowConsumerPolicy
+from .config import AuthorizeHook, HubConfig, SlowConsumerPolicy, subscribers_may_abort
 from .connection import Connection, Sink
 from .envelope import Envelope, Signer
 from .errors import (
@@ -44,6 +44,7 @@ from .errors import (
     UnknownConnection,
 )
 from .events import (
+    Abort,
     ClientError,
     ClientMessage,
     Complete,
@@ -79,6 +80,7 @@ __version__ = "0.1.0.dev0"
 __all__ = (
     "DEFAULT_MAX_FRAME_BYTES",
     "MAX_ID_LENGTH",
+    "Abort",
     "AgentComplete",
     "AgentError",
     "AgentEvent",
@@ -151,5 +153,6 @@ __all__ = (
     "decode_server",
     "encode",
     "encode_delta",
+    "subscribers_may_abort",
     "with_seq",
 )

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import attrs
 
 from .agent import PermissionDecision
 from .errors import BrokerUnavailable, HubClosed, InvalidArgument, SessionMismatch
@@ -56,11 +57,53 @@ def check_session_event(session_id: str, event: object) -> SessionEvent:
     return event
 
 
+@attrs.define(eq=False)
+class Run:
+    """One running agent: its cancel scope, and why it was aborted."""
+
+    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    reason: str = ABORTED
+
+
+class Runs:
+    """The agents running in this process, by session, for ``Hub.abort``."""
+
+    def __init__(self) -> None:
+        self._by_session: dict[str, set[Run]] = {}
+
+    def add(self, session_id: str) -> Run:
+        run = Run()
+        self._by_session.setdefault(session_id, set()).add(run)
+        return run
+
+    def remove(self, session_id: str, run: Run) -> None:
+        runs = self._by_session.get(session_id)
+        if runs is not None:
+            runs.discard(run)
+            if not runs:
+                del self._by_session[session_id]
+
+    def abort(self, session_id: str, reason: str) -> bool:
+        """Cancel the session's runs here; False when none runs here."""
+        runs = self._by_session.get(session_id, set())
+        for run in runs:
+            run.reason = reason
+            run.scope.cancel()
+        return bool(runs)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._by_session
+
+    def sessions(self) -> frozenset[str]:
+        return frozenset(self._by_session)
+
+
 async def run(
     hub: Hub,
     transformer: EventTransformer,
     session_id: str,
     events: AsyncIterable[Any],
+    aborted: Callable[[], str] = lambda: ABORTED,
 ) -> None:
     iterator = aiter(events)
     asend: Callable[[Any], Awaitable[Any]] | None = getattr(iterator, "asend", None)
@@ -78,7 +121,7 @@ async def run(
                 decision = await _publish(hub, session_id, event) or decision
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True):
-            await _end(hub, transformer, session_id, ABORTED)
+            await _end(hub, transformer, session_id, aborted())
         raise
     except Exception as exc:
         await _end(hub, transformer, session_id, str(exc) or type(exc).__name__)

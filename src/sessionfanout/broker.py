@@ -53,6 +53,9 @@ class Receiver(Protocol):
     def decided(self, request_id: str, decision: PermissionDecision) -> None:
         """A permission request was decided (here or in another process)."""
 
+    def abort(self, session_id: str, reason: str) -> bool:
+        """Another process asks to stop the session's agent if it runs here."""
+
 
 @attrs.frozen
 class BrokerContext:
@@ -125,6 +128,19 @@ class Broker(Protocol):
 
     async def expire_permission(self, request_id: str) -> bool:
         """The request's local deadline passed: True when the timeout decides it."""
+
+    async def run_started(self, session_id: str) -> None:
+        """An agent for the session started running here (one call per run)."""
+
+    async def run_ended(self, session_id: str) -> None:
+        """An agent for the session stopped running here."""
+
+    async def is_running(self, session_id: str) -> bool:
+        """Whether an agent runs for the session in another process."""
+
+    async def abort(self, session_id: str, reason: str) -> bool:
+        """Ask the processes running the session's agent to stop it (through
+        their ``Receiver.abort``); False when none runs it."""
 
     def statistics(self) -> Mapping[str, int]: ...
 
@@ -210,6 +226,18 @@ class LocalBroker:
     async def expire_permission(self, request_id: str) -> bool:
         # The hub's table already removed it: the timeout decides.
         return True
+
+    async def run_started(self, session_id: str) -> None:
+        pass
+
+    async def run_ended(self, session_id: str) -> None:
+        pass
+
+    async def is_running(self, session_id: str) -> bool:
+        return False  # one process: the hub knows its own runs
+
+    async def abort(self, session_id: str, reason: str) -> bool:
+        return False
 
     def statistics(self) -> Mapping[str, int]:
         return {}

@@ -21,11 +21,12 @@ from .agent import PermissionDecision
 from .broker import Broker
 from .checks import describe
 from .codec import decode_client
-from .config import HubConfig
+from .config import AuthorizeHook, HubConfig, subscribers_may_abort
 from .connection import Connection, Sink
 from .delivery import Delivery
 from .errors import InvalidArgument, ProtocolError
 from .events import (
+    Abort,
     ClientError,
     Connected,
     CustomFrame,
@@ -50,7 +51,12 @@ LOG_BURST = 5
 LOG_RATE = 0.1
 """Records a second about one connection, after its first ``LOG_BURST``."""
 
-PROTOCOL_FRAMES = frozenset({Subscribe.TYPE, Unsubscribe.TYPE, PermissionResponse.TYPE})
+PROTOCOL_FRAMES = frozenset({Subscribe.TYPE, Unsubscribe.TYPE, PermissionResponse.TYPE, Abort.TYPE})
+ABORTED = "aborted"
+
+
+async def _no_abort(session_id: str, reason: str) -> bool:
+    return False
 
 
 def check_connection(connection: object) -> Connection:
@@ -78,6 +84,8 @@ class Clients:
         self.custom: dict[str, CustomFrameHandler] = {}
         self.clock: Callable[[], float] = time.monotonic
         """The hub's clock, once it runs (for rate limits)."""
+        self.abort: Callable[[str, str], Awaitable[bool]] = _no_abort
+        """``Hub.abort``, once the hub runs."""
 
     def register(self, frame_type: str, handler: CustomFrameHandler) -> None:
         if not isinstance(frame_type, str) or not frame_type:
@@ -130,6 +138,8 @@ class Clients:
                 self._delivery.reply(connection, Unsubscribed(message.session_id))
             elif type(message) is PermissionResponse:
                 await self.answer(connection, message)
+            elif type(message) is Abort:
+                await self._abort(connection, message.session_id)
             else:
                 assert isinstance(message, CustomFrame)
                 await self.custom[message.type](connection, message)
@@ -207,10 +217,26 @@ class Clients:
         self._counters.suppressed_logs += 1
         return False
 
+    async def _abort(self, connection: Connection, session_id: str) -> None:
+        hook = self._config.may_abort
+        if hook is subscribers_may_abort:
+            allowed = self._registry.is_subscribed(connection, session_id)
+        else:
+            allowed = hook is not None and await self._asks(hook, connection, session_id)
+        if not allowed:
+            raise ProtocolError(
+                "forbidden", f"not allowed to stop the agent of {session_id!r:.80}", Abort.TYPE
+            )
+        await self.abort(session_id, ABORTED)
+
     async def _authorized(self, connection: Connection, session_id: str) -> bool:
         hook = self._config.authorize
         if hook is None:
             return True
+        return await self._asks(hook, connection, session_id)
+
+    async def _asks(self, hook: AuthorizeHook, connection: Connection, session_id: str) -> bool:
+        """What a hook says; a hook that fails says no (and is logged)."""
         try:
             verdict = hook(connection, session_id)
             if inspect.isawaitable(verdict):
@@ -218,7 +244,7 @@ class Clients:
         except Exception:
             if self._may_log(connection):
                 logger.exception(
-                    "authorize hook failed; refusing %r",
+                    "a hook failed; refusing %r",
                     session_id,
                     extra={"session_id": session_id, "connection_id": connection.id},
                 )

@@ -24,6 +24,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 from .checks import json_problem, wire_name
 from .errors import InvalidArgument, ProtocolError
 from .events import (
+    Abort,
     ClientError,
     ClientMessage,
     Complete,
@@ -79,7 +80,7 @@ SERVER_TYPES: Final[dict[str, type[Any]]] = {
 }
 SERVER_CLASSES: Final = frozenset(SERVER_TYPES.values())
 CLIENT_TYPES: Final[dict[str, type[Any]]] = {
-    cls.TYPE: cls for cls in (Subscribe, Unsubscribe, PermissionResponse)
+    cls.TYPE: cls for cls in (Subscribe, Unsubscribe, PermissionResponse, Abort)
 }
 
 

@@ -15,10 +15,16 @@ from .history import HistoryLimits
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ("AuthorizeHook", "HubConfig", "SlowConsumerPolicy")
+__all__ = ("AuthorizeHook", "HubConfig", "SlowConsumerPolicy", "subscribers_may_abort")
 
 AuthorizeHook = Callable[["Connection", str], "bool | Awaitable[bool]"]
 """``authorize(connection, session_id)``: may this connection subscribe to that session?"""
+
+
+def subscribers_may_abort(connection: Connection, session_id: str) -> bool:
+    """The default ``may_abort``: a connection subscribed to the session may stop
+    its agent. (The hub answers it from its subscriptions; this is its name.)"""
+    raise NotImplementedError("the hub decides this default itself")
 
 
 class SlowConsumerPolicy(enum.Enum):
@@ -70,6 +76,9 @@ class HubConfig:
     max_frame_bytes: int = attrs.field(default=DEFAULT_MAX_FRAME_BYTES, validator=_positive)
     """Client frames over this size are refused with ``too_large`` unparsed."""
     authorize: AuthorizeHook | None = None
+    may_abort: AuthorizeHook | None = subscribers_may_abort
+    """Decides a client's ``abort`` frame; the default allows the session's
+    subscribers; None refuses every one (``forbidden``)."""
     """Decides each subscribe; None allows every session."""
     client_rate: float | None = attrs.field(default=20.0, validator=_optional_positive)
     """Client frames per second each connection may send on average; None: unlimited."""

@@ -299,6 +299,7 @@ class BrokerReceiver:
         broker: Broker,
         counters: Counters,
         contain: Contain,
+        abort: Callable[[str, str], bool],
     ) -> None:
         self._delivery = delivery
         self._broker = broker
@@ -307,6 +308,7 @@ class BrokerReceiver:
         self.deliver = delivery.deliver
         self.deliver_global = delivery.deliver_global
         self.decided = approvals.decided
+        self.abort = abort
 
     def resync(self, session_id: str) -> None:
         """``subscribed`` with ``resumed: false`` tells each subscriber to reload

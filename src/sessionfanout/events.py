@@ -30,6 +30,7 @@ from .checks import (
 from .errors import CLIENT_ERROR_CODES, InvalidArgument
 
 __all__ = (
+    "Abort",
     "ClientError",
     "ClientMessage",
     "Complete",
@@ -248,4 +249,12 @@ class CustomFrame:
     data: dict[str, Any]
 
 
-ClientMessage = Subscribe | Unsubscribe | PermissionResponse | CustomFrame
+@attrs.frozen
+class Abort:
+    """Stop the session's running agent, on whichever process runs it."""
+
+    TYPE: ClassVar[str] = "abort"
+    session_id: str = attrs.field(validator=an_id)
+
+
+ClientMessage = Subscribe | Unsubscribe | PermissionResponse | Abort | CustomFrame

@@ -88,6 +88,7 @@ class Hub:
         self._clients = Clients(config, self._registry, self._delivery, self.broker, counters)
         self._publisher = Publisher(config, self.broker, counters, self._contain)
         self._approvals = Approvals(self.broker, self._publish_in_order, self._contain)
+        self._runs = agent_runner.Runs()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._runtime: Runtime | None = None
         self._running = False
@@ -106,9 +107,15 @@ class Hub:
         self._runtime = runtime = Runtime.current(task_group, self._writer_failed)
         self._delivery.start(runtime, task_group, self._sweep_needed)
         self._clients.clock = runtime.clock
+        self._clients.abort = self.abort
         limits = self.config.history_limits
         receiver = BrokerReceiver(
-            self._delivery, self._approvals, self.broker, self._counters, self._contain
+            self._delivery,
+            self._approvals,
+            self.broker,
+            self._counters,
+            self._contain,
+            self._runs.abort,
         )
         context = BrokerContext(receiver, self._approvals.table, task_group, runtime.clock, limits)
         try:
@@ -345,7 +352,34 @@ class Hub:
         check_id("session_id", session_id)
         if not hasattr(events, "__aiter__"):
             raise InvalidArgument(f"events must be an async iterable, got {describe(events)}")
-        await agent_runner.run(self, self.transformer, session_id, events)
+        run = self._runs.add(session_id)
+        await self.broker.run_started(session_id)
+        try:
+            with run.scope:  # Hub.abort cancels it: the run ends, the caller goes on
+                await agent_runner.run(
+                    self, self.transformer, session_id, events, lambda: run.reason
+                )
+        finally:
+            self._runs.remove(session_id, run)
+            with anyio.CancelScope(shield=True):
+                await self.broker.run_ended(session_id)
+
+    async def abort(self, session_id: str, reason: str = agent_runner.ABORTED) -> bool:
+        """Stop the session's running agent, on whichever process runs it: its
+        pending deltas are flushed, then ``error`` (``reason``) and ``complete``
+        go out, as for any cancelled run. False when no agent runs for it."""
+        if not self._running:
+            raise HubClosed(NOT_RUNNING)
+        check_id("session_id", session_id)
+        check_text("reason", reason)
+        return self._runs.abort(session_id, reason) or await self.broker.abort(session_id, reason)
+
+    async def is_running(self, session_id: str) -> bool:
+        """Whether an agent runs for the session, on any process."""
+        if not self._running:
+            raise HubClosed(NOT_RUNNING)
+        check_id("session_id", session_id)
+        return session_id in self._runs or await self.broker.is_running(session_id)
 
     async def _publish_in_order(self, event: SessionEvent) -> None:
         ack = self._publisher.sequence(event)

@@ -23,6 +23,7 @@ from ..history import History, SessionState
 from .listener import Listener
 from .permissions import Permissions
 from .publisher import Outgoing, Publisher
+from .runs import Runs
 from .scripts import CONNECTION_ERRORS, Names, Scripts
 from .stats import Counters
 
@@ -41,6 +42,7 @@ class _Parts:
     publisher: Publisher
     listener: Listener
     permissions: Permissions
+    runs: Runs
 
 
 class RedisBroker:
@@ -99,12 +101,15 @@ class RedisBroker:
         limits = context.history_limits
         listener = Listener(commands, subscriber, scripts, names, signer, history, counters)
         listener.start(context.receiver, context.clock, context.task_group)
+        runs = Runs(commands, names, signer)
+        listener.on_control = lambda message: runs.on_abort(message, context.receiver.abort)
         self._parts = _Parts(
             context,
             (commands, subscriber),
             Publisher(commands, scripts, names, signer, limits, counters),
             listener,
             Permissions(commands, scripts, names, signer),
+            runs,
         )
         try:
             await scripts.load()
@@ -119,6 +124,7 @@ class RedisBroker:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._get().publisher.run, self._lost_connection)
                 tg.start_soon(self._keep_listening)
+                tg.start_soon(self._get().runs.refresh)
 
     async def _keep_listening(self) -> None:
         """The pub/sub connection, reconnected with backoff whenever it fails."""
@@ -245,3 +251,17 @@ class RedisBroker:
 
     async def expire_permission(self, request_id: str) -> bool:
         return await self._get().permissions.expire(request_id)
+
+    # -- agents ------------------------------------------------------------------
+
+    async def run_started(self, session_id: str) -> None:
+        await self._get().runs.started(session_id)
+
+    async def run_ended(self, session_id: str) -> None:
+        await self._get().runs.ended(session_id)
+
+    async def is_running(self, session_id: str) -> bool:
+        return await self._get().runs.is_running(session_id)
+
+    async def abort(self, session_id: str, reason: str) -> bool:
+        return await self._get().runs.abort(session_id, reason)

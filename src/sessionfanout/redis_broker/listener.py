@@ -71,6 +71,8 @@ class Listener:
         self._confirmed: dict[str, anyio.Event] = {}
         self.markers: dict[str, anyio.Event] = {}
         """Flush markers this process waits for on its control channel."""
+        self.on_control: Callable[[str], None] = lambda message: None
+        """Signed requests on the control channel (abort)."""
 
     def start(
         self, receiver: Receiver, clock: Callable[[], float], task_group: anyio.abc.TaskGroup
@@ -147,6 +149,8 @@ class Listener:
         names = self._names
         try:
             if channel == names.control_channel:
+                if "|" in data:  # a signed request; flush markers have no "|"
+                    self.on_control(data)
                 marker = self.markers.get(data)
                 if marker is not None:
                     marker.set()

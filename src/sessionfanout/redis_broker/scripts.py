@@ -10,6 +10,7 @@ messages as in ``envelope``):
 - ``{prefix}:global`` and ``{prefix}:permission``: channels of ``sig|body``.
 - ``{prefix}:control:{process}``: this process's flush markers.
 - ``{prefix}:perm:{request}``: a pending permission request's session id.
+- ``{prefix}:runs:{session}``: the processes running its agent (see ``runs``).
 """
 
 from __future__ import annotations
@@ -102,6 +103,14 @@ class Names:
     def permission_key(self, request_id: str) -> str:
         return f"{self.prefix}:perm:{request_id}"
 
+    def runs_key(self, session_id: str) -> str:
+        """A sorted set: the processes running the session's agent, scored by
+        when that stops being true unless refreshed (ms since the epoch)."""
+        return f"{self.prefix}:runs:{session_id}"
+
+    def control_channel_of(self, process_id: str) -> str:
+        return f"{self.prefix}:control:{process_id}"
+
     @property
     def global_channel(self) -> str:
         return f"{self.prefix}:global"
@@ -112,7 +121,7 @@ class Names:
 
     @property
     def control_channel(self) -> str:
-        return f"{self.prefix}:control:{self.process_id}"
+        return self.control_channel_of(self.process_id)
 
 
 class Scripts:
