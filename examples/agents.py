@@ -1,4 +1,5 @@
-"""Runs mock agents in the background, one per session at most; aborts them."""
+"""Runs mock agents in the background, one per session at most (on every
+process, with the Redis backplane); aborts them wherever they run."""
 
 from __future__ import annotations
 
@@ -21,21 +22,19 @@ class AgentRunner:
         self.task_group = task_group
         self.running: dict[str, anyio.CancelScope] = {}
 
-    def start(self, session_id: str, options: MockOptions) -> bool:
-        """Start the mock agent for ``session_id``; False if one is already running."""
-        if session_id in self.running:
+    async def start(self, session_id: str, options: MockOptions) -> bool:
+        """Start the mock agent for ``session_id``; False if one is already
+        running for it, here or on another process."""
+        if session_id in self.running or await self.hub.is_running(session_id):
             return False
         scope = self.running[session_id] = anyio.CancelScope()
         self.task_group.start_soon(self._run, session_id, options, scope)
         return True
 
-    def abort(self, session_id: str) -> bool:
-        """Cancel the session's agent (the hub flushes, then sends error and complete)."""
-        scope = self.running.get(session_id)
-        if scope is None:
-            return False
-        scope.cancel()
-        return True
+    async def abort(self, session_id: str) -> bool:
+        """Stop the session's agent wherever it runs (the hub flushes, then sends
+        error and complete); False when none runs."""
+        return await self.hub.abort(session_id)
 
     async def abort_all(self) -> None:
         for scope in self.running.values():

@@ -110,7 +110,7 @@ async def post_message(request: Request) -> Response:
     runner: AgentRunner = request.app.state.runner
     if not request.app.state.hub.running:
         return error(503, "server shutting down")
-    if not runner.start(session_id, options):
+    if not await runner.start(session_id, options):
         return error(409, "an agent is already running for this session")
     return JSONResponse({"accepted": True}, status_code=202)
 
@@ -120,7 +120,11 @@ async def post_abort(request: Request) -> Response:
         session_id = session_id_of(request)
     except ValueError as exc:
         return error(400, str(exc))
-    if not request.app.state.runner.abort(session_id):
+    try:
+        aborted = await request.app.state.runner.abort(session_id)
+    except HubClosed:
+        return error(503, "server shutting down")
+    if not aborted:
         return error(404, "no agent is running for this session")
     return JSONResponse({"aborted": True}, status_code=202)
 

@@ -242,7 +242,7 @@ async def post_message(
     runner: AgentRunner = request.app.state.runner
     if not request.app.state.hub.running:
         raise HTTPException(503, "server shutting down")
-    if not runner.start(session_id, options):
+    if not await runner.start(session_id, options):
         raise HTTPException(409, "an agent is already running for this session")
     return {"accepted": True}
 

@@ -69,13 +69,13 @@ def register_agent_frames(hub: Hub, runner: AgentRunner) -> None:
             options = MockOptions.from_json(frame.data)
         except ValueError as exc:
             raise ProtocolError("invalid_message", str(exc), frame.type) from None
-        if not runner.start(session_id, options):
+        if not await runner.start(session_id, options):
             raise ProtocolError(
                 "invalid_message", "an agent is already running for this session", frame.type
             )
 
     async def abort_agent(connection: Connection, frame: CustomFrame) -> None:
-        if not runner.abort(session_of(frame)):
+        if not await runner.abort(session_of(frame)):
             raise ProtocolError(
                 "invalid_message", "no agent is running for this session", frame.type
             )

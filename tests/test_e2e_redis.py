@@ -126,3 +126,32 @@ def test_an_sse_stream_dropped_on_one_process_resumes_on_the_other(
     again.until(lambda f: f["type"] == "complete")
     check_stream(seen + session_frames(again.frames, session), message)
     again.close()
+
+
+def test_an_agent_running_on_one_process_is_stopped_and_refused_from_the_other(
+    two_servers: tuple[str, str],
+) -> None:
+    a, b = two_servers
+    session = unique("abort")
+    watcher, other = Client(ws_url(b)), Client(ws_url(b))
+    watcher.subscribe(session)
+    message = "".join(f"<{n}>" for n in range(2000))
+    post(a, f"/api/sessions/{session}/messages",
+         {"message": message, "deltas": 2000, "deltaIntervalMs": 5})  # fmt: skip
+    watcher.recv_until(lambda f: f.get("type") == "text_delta")
+    busy = post(b, f"/api/sessions/{session}/messages", {"message": "me too"})
+    assert 409 == busy.status_code, "an agent runs on the other process"
+    refused = other.expect_error({"type": "abort", "sessionId": session})
+    assert "forbidden" == refused["code"], "only subscribers may stop it"
+    watcher.send({"type": "abort", "sessionId": session})  # on b; the agent runs on a
+    watcher.recv_until(lambda f: f.get("type") == "complete")
+    events = session_frames(watcher.frames, session)
+    assert ["error", "complete"] == [f["type"] for f in events[-2:]]
+    assert "aborted" == events[-2]["error"]
+    streamed = "".join(f["delta"] for f in events if f["type"] == "text_delta")
+    assert message.startswith(streamed), "the text so far, intact"
+    assert streamed != message, "stopped before the end"
+    assert [f["seq"] for f in events] == list(range(1, len(events) + 1))
+    assert 404 == post(a, f"/api/sessions/{session}/abort", {}).status_code, "nothing runs now"
+    for client in (watcher, other):
+        client.close()

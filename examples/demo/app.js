@@ -288,7 +288,7 @@ $("message").onkeydown = (event) => {
 };
 
 $("abort").onclick = () => {
-  if (state.current) post(`/api/sessions/${encodeURIComponent(state.current)}/abort`, {});
+  if (state.current) client.abort(state.current); // the protocol's abort frame on WebSocket
 };
 
 $("theme").onclick = () => post("/api/config/changed", { changeType: "theme" });

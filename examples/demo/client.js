@@ -159,6 +159,19 @@ export class SessionFanoutClient {
     return response.ok;
   }
 
+  /**
+   * Stop the session's running agent, on whichever process runs it (the
+   * session then gets error "aborted" and complete); on SSE, by a POST.
+   * @param {string} sessionId
+   * @returns {Promise<boolean>} whether it was asked
+   */
+  async abort(sessionId) {
+    if (this.transport === "websocket") return this.send({ type: "abort", sessionId });
+    const path = `/api/sessions/${encodeURIComponent(sessionId)}/abort`;
+    const response = await fetch(this.base + path, { method: "POST" });
+    return response.ok;
+  }
+
   // -- inside ------------------------------------------------------------------
 
   /** @param {"connecting" | "connected" | "reconnecting" | "closed"} status */
