@@ -25,9 +25,17 @@ class AgentRunner:
     async def start(self, session_id: str, options: MockOptions) -> bool:
         """Start the mock agent for ``session_id``; False if one is already
         running for it, here or on another process."""
-        if session_id in self.running or await self.hub.is_running(session_id):
+        if session_id in self.running:
             return False
-        scope = self.running[session_id] = anyio.CancelScope()
+        scope = self.running[session_id] = anyio.CancelScope()  # before the await: one start
+        try:
+            elsewhere = await self.hub.is_running(session_id)
+        except BaseException:
+            del self.running[session_id]
+            raise
+        if elsewhere:
+            del self.running[session_id]
+            return False
         self.task_group.start_soon(self._run, session_id, options, scope)
         return True
 
@@ -48,5 +56,8 @@ class AgentRunner:
                 await self.hub.run_agent(session_id, echo_agent(options))
         except HubClosed:
             logger.info("hub closed while the agent for %s was running", session_id)
+        except Exception:  # one agent's failure must not end the server
+            logger.exception("the agent for %s failed", session_id)
         finally:
-            del self.running[session_id]
+            if self.running.get(session_id) is scope:
+                del self.running[session_id]

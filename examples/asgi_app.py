@@ -211,7 +211,7 @@ def create_app(
             app.state.metrics = CollectorRegistry()
             HubCollector(hub, app.state.metrics)
             app.state.runner = AgentRunner(hub, agents)
-            app.state.streams = Streams(hub, authorize, sse_heartbeat)
+            app.state.streams = Streams(hub, sse_heartbeat)
             yield
             await shutdown(app)
 

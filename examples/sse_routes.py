@@ -13,8 +13,8 @@ slow-consumer policy (its sink waits while the response is not read).
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
 
 import anyio
 import anyio.abc
@@ -109,14 +109,8 @@ class EventStream(Response):
 class Streams:
     """The open event streams, by connection id, for the POST answers."""
 
-    def __init__(
-        self,
-        hub: Hub,
-        authorize: Callable[[Connection, str], bool],
-        heartbeat: float = HEARTBEAT_SECONDS,
-    ) -> None:
+    def __init__(self, hub: Hub, heartbeat: float = HEARTBEAT_SECONDS) -> None:
         self.hub = hub
-        self.authorize = authorize
         self.heartbeat = heartbeat
         self.open: dict[str, tuple[Connection, SseSink]] = {}
 
@@ -132,11 +126,13 @@ class Streams:
         try:
             connection = await self.hub.connect(sink)
         except HubClosed:
-            return failure(503, "server shutting down", "unavailable")
-        if not self.authorize(connection, session_id):
-            await self.hub.disconnect(connection)
-            return failure(403, f"not allowed to see {session_id!r:.80}", "forbidden")
+            return JSONResponse({"error": "server shutting down"}, status_code=503)
+        streaming = False
         try:
+            # The hub's own hook, as a WebSocket client's subscribe asks it.
+            allowed = await self._allowed(connection, session_id)
+            if not allowed:
+                return failure(403, f"not allowed to see {session_id!r:.80}", "forbidden")
             await self.hub.subscribe(
                 connection,
                 session_id,
@@ -144,11 +140,21 @@ class Streams:
                 epoch,
                 from_start=from_start and last_seq is None,
             )
+            self.open[connection.id] = (connection, sink)
+            streaming = True
+            return EventStream(self, connection, sink)
         except InvalidArgument as exc:
-            await self.hub.disconnect(connection)
             return failure(400, str(exc), "invalid_message")
-        self.open[connection.id] = (connection, sink)
-        return EventStream(self, connection, sink)
+        finally:
+            if not streaming:  # refused or failed: no connection is left behind
+                await self.hub.disconnect(connection)
+
+    async def _allowed(self, connection: Connection, session_id: str) -> bool:
+        hook = self.hub.config.authorize
+        if hook is None:
+            return True
+        verdict = hook(connection, session_id)
+        return (await verdict if inspect.isawaitable(verdict) else verdict) is True
 
     async def post_permission(self, request: Request) -> Response:
         session_id = request.path_params["session_id"]

@@ -544,3 +544,50 @@ async def test_an_agent_on_one_process_is_seen_and_stopped_from_the_other(
     assert [("text_delta", "so far"), ("error", "stopped elsewhere"), ("complete", None)] == [
         (f["type"], f.get("delta", f.get("error"))) for f in frames
     ]
+
+
+async def test_an_answer_whose_decision_message_was_lost_is_read_back_at_the_timeout(
+    redis_server: Any,
+) -> None:
+    """The answer won in Redis but its published decision never reached the
+    waiting process (a pub/sub outage): the agent is not left waiting."""
+    async with hub(redis_server, prefix="sf") as a, anyio.create_task_group() as tg:
+        conn, sink = await connect(a)
+        await subscribe(a, conn, "s")
+        decisions: list[PermissionDecision] = []
+
+        async def ask() -> None:
+            decisions.append(await a.request_permission("s", "bash", "ls", "l", deny_after=0.5))
+
+        tg.start_soon(ask)
+        await wait_for(lambda: bool(sink.of_type("permission_request")))
+        request_id = sink.of_type("permission_request")[0]["request"]["requestId"]
+        raw = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        body = json.dumps({"r": request_id, "a": True, "w": False}, separators=(",", ":"))
+        await raw.set(f"sf:perm:{request_id}", f"d|-|{body}", keepttl=True)  # won, not published
+        await raw.aclose()
+        await wait_for(lambda: bool(decisions))
+    assert (True, False) == (decisions[0].allowed, decisions[0].timed_out)
+    assert [] == sink.of_type("permission_timeout"), "an answer decided it, not the timeout"
+
+
+async def test_subscribes_at_once_on_a_process_all_get_the_sessions_state(
+    redis_server: Any,
+) -> None:
+    async with hub(redis_server) as a, hub(redis_server) as b:
+        for n in range(3):
+            await a.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", "x"))
+        watcher, _ = await connect(a)
+        epoch = (await subscribe(a, watcher, "s"))["epoch"]  # the session's, from Redis
+        pairs = [await connect(b) for _ in range(3)]
+        replies: list[dict[str, Any]] = []
+
+        async def join(connection: Any, sink: RecordingSink) -> None:
+            replies.append(await subscribe(b, connection, "s", **{"from": "start"}))
+
+        async with anyio.create_task_group() as tg:
+            for connection, sink in pairs:
+                tg.start_soon(join, connection, sink)
+    assert [(epoch, 3, True, 1)] * 3 == [
+        (r["epoch"], r["seq"], r["resumed"], r.get("firstSeq")) for r in replies
+    ]

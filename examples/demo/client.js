@@ -251,8 +251,12 @@ export class SessionFanoutClient {
     if (frame.type === "subscribed") {
       // What comes next: the replay from firstSeq, or live events after seq.
       const next = frame.firstSeq !== undefined ? frame.firstSeq : (frame.seq || 0) + 1;
-      if (!frame.resumed && session.lastSeq !== null && session.lastSeq < next - 1) {
-        session.handlers.onReload?.({ sessionId: session.id, from: session.lastSeq + 1, to: next - 1 });
+      const newEpoch = session.epoch !== null && session.epoch !== frame.epoch;
+      const behind = session.lastSeq !== null && session.lastSeq < next - 1;
+      if (!frame.resumed && session.epoch !== null && (newEpoch || behind)) {
+        // What this client has may not be what the server has now: reload.
+        const from = newEpoch ? 1 : (session.lastSeq || 0) + 1;
+        session.handlers.onReload?.({ sessionId: session.id, from, to: next - 1 });
       }
       if (!frame.resumed) session.lastSeq = next - 1;
       session.epoch = frame.epoch || null;

@@ -32,6 +32,7 @@ from .events import (
 from .transformer import EventTransformer
 
 if TYPE_CHECKING:
+    from .broker import Broker
     from .hub import Hub
 
 __all__ = ()
@@ -66,22 +67,34 @@ class Run:
 
 
 class Runs:
-    """The agents running in this process, by session, for ``Hub.abort``."""
+    """The agents running in this process, by session, for ``Hub.abort``; the
+    broker is told of each, so that other processes can find and stop it."""
 
-    def __init__(self) -> None:
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
         self._by_session: dict[str, set[Run]] = {}
 
-    def add(self, session_id: str) -> Run:
-        run = Run()
-        self._by_session.setdefault(session_id, set()).add(run)
-        return run
-
-    def remove(self, session_id: str, run: Run) -> None:
-        runs = self._by_session.get(session_id)
-        if runs is not None:
-            runs.discard(run)
+    async def run(
+        self,
+        hub: Hub,
+        transformer: EventTransformer,
+        session_id: str,
+        events: AsyncIterable[Any],
+    ) -> None:
+        """``run`` the agent, known as running here until it ends."""
+        current = Run()
+        self._by_session.setdefault(session_id, set()).add(current)
+        try:
+            await self._broker.run_started(session_id)
+            with current.scope:  # abort cancels it: the run ends, its caller goes on
+                await run(hub, transformer, session_id, events, lambda: current.reason)
+        finally:
+            runs = self._by_session[session_id]
+            runs.discard(current)
             if not runs:
                 del self._by_session[session_id]
+            with anyio.CancelScope(shield=True):
+                await self._broker.run_ended(session_id)
 
     def abort(self, session_id: str, reason: str) -> bool:
         """Cancel the session's runs here; False when none runs here."""

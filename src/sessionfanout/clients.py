@@ -24,7 +24,7 @@ from .codec import decode_client
 from .config import AuthorizeHook, HubConfig, subscribers_may_abort
 from .connection import Connection, Sink
 from .delivery import Delivery
-from .errors import InvalidArgument, ProtocolError
+from .errors import InvalidArgument, ProtocolError, UnknownConnection
 from .events import (
     Abort,
     ClientError,
@@ -86,6 +86,10 @@ class Clients:
         """The hub's clock, once it runs (for rate limits)."""
         self.abort: Callable[[str, str], Awaitable[bool]] = _no_abort
         """``Hub.abort``, once the hub runs."""
+
+    def check_connected(self, connection: Connection) -> None:
+        if not self._registry.is_connected(check_connection(connection)):
+            raise UnknownConnection(f"{connection!r} is not connected to this hub")
 
     def register(self, frame_type: str, handler: CustomFrameHandler) -> None:
         if not isinstance(frame_type, str) or not frame_type:

@@ -67,7 +67,8 @@ class HubConfig:
     exempt, so one large frame never closes a reading client."""
     slow_consumer: SlowConsumerPolicy = SlowConsumerPolicy.COALESCE_THEN_CLOSE
     history_max_events: int = attrs.field(default=1000, validator=_non_negative)
-    """Events kept per session for resume."""
+    """Entries kept per session for resume: an event, or a run of one turn's
+    delta batches (in one process's memory; ``RedisBroker`` keeps one per seq)."""
     history_max_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_non_negative)
     history_idle_ttl: float = attrs.field(default=3600.0, validator=_positive)
     """A session with no subscriber and no event for this long is forgotten (seconds)."""
@@ -76,10 +77,10 @@ class HubConfig:
     max_frame_bytes: int = attrs.field(default=DEFAULT_MAX_FRAME_BYTES, validator=_positive)
     """Client frames over this size are refused with ``too_large`` unparsed."""
     authorize: AuthorizeHook | None = None
+    """Decides each subscribe; None allows every session."""
     may_abort: AuthorizeHook | None = subscribers_may_abort
     """Decides a client's ``abort`` frame; the default allows the session's
     subscribers; None refuses every one (``forbidden``)."""
-    """Decides each subscribe; None allows every session."""
     client_rate: float | None = attrs.field(default=20.0, validator=_optional_positive)
     """Client frames per second each connection may send on average; None: unlimited."""
     client_burst: int = attrs.field(default=40, validator=_positive)

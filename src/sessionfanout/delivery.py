@@ -103,7 +103,9 @@ class Delivery:
             self._contain(None, "delivering a global event", exc)
 
     def reply(self, connection: Connection, event: ServerEvent) -> None:
-        self.fan_out((connection,), encode(event))
+        # A reply about a session (subscribed, unsubscribed) ends a run of its
+        # deltas in the outbox: merging must not reach across it.
+        self.fan_out((connection,), encode(event), getattr(event, "session_id", None))
 
     def fan_out(
         self,

@@ -1,25 +1,24 @@
 """The Hub: the facade that starts, drives and stops the runtime.
 
-It composes the pieces and owns what they share: one task group, one
-scheduler task for every deadline (batch flushes, permission timeouts, idle
-sessions, idle writers; never a timer per session), the producer API and the
-counters. Each job lives in a module of its own::
+It composes the pieces and owns what they share: one task group, the
+producer API and the counters. Each job lives in a module of its own::
 
     producer --> Hub --> Publisher (batcher, ordering barrier) --> Broker
                                                                       |
     clients <-- Delivery (fan-out, outboxes, writers) <-- receiver <--+
             --> Clients (frames, subscribe + replay, answers) --> Broker
 
-``Approvals`` keeps permission requests in flight, ``agent_runner`` runs an
-agent through the producer API, and ``runtime`` holds what differs between
-asyncio and trio. The broker owns every session's numbering and history.
+``Scheduler`` drives every deadline from one task, ``Approvals`` keeps
+permission requests in flight, ``agent_runner`` runs an agent through the
+producer API (and knows the runs ``abort`` stops), and ``runtime`` holds what
+differs between asyncio and trio. The broker owns every session's numbering
+and history.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -35,7 +34,7 @@ from .checks import check_id, check_text, check_timeout, describe
 from .clients import Clients, CustomFrameHandler, check_connection
 from .codec import SERVER_CLASSES, encode
 from .config import HubConfig
-from .connection import Connection, Sink, Wakeup
+from .connection import Connection, Sink
 from .delivery import BrokerReceiver, Delivery
 from .errors import BrokerUnavailable, HubClosed, InvalidArgument, UnknownConnection
 from .events import (
@@ -51,6 +50,7 @@ from .events import (
 from .publishing import Publisher
 from .registry import SubscriptionRegistry
 from .runtime import Runtime
+from .scheduler import Scheduler
 from .stats import ConnectionStatistics, Counters, HubStatistics
 from .transformer import EventTransformer
 
@@ -88,13 +88,13 @@ class Hub:
         self._clients = Clients(config, self._registry, self._delivery, self.broker, counters)
         self._publisher = Publisher(config, self.broker, counters, self._contain)
         self._approvals = Approvals(self.broker, self._publish_in_order, self._contain)
-        self._runs = agent_runner.Runs()
+        self._runs = agent_runner.Runs(self.broker)
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._runtime: Runtime | None = None
+        self._clock: Callable[[], float] = anyio.current_time  # the backend's, once entered
         self._running = False
-        self._wake_at = math.inf
-        self._wakeup: Wakeup | None = None
-        self._next_sweep = 0.0
+        self._scheduler = Scheduler(
+            config, self._publisher, self._approvals, self.broker, self._delivery, self._contain
+        )
         self._closed: anyio.Event | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -104,9 +104,9 @@ class Hub:
             raise HubClosed("a Hub can be entered only once")
         self._task_group = task_group = anyio.create_task_group()
         await task_group.__aenter__()
-        self._runtime = runtime = Runtime.current(task_group, self._writer_failed)
-        self._delivery.start(runtime, task_group, self._sweep_needed)
-        self._clients.clock = runtime.clock
+        runtime = Runtime.current(task_group, self._writer_failed)
+        self._delivery.start(runtime, task_group, self._scheduler.sweep_needed)
+        self._clients.clock = self._clock = runtime.clock
         self._clients.abort = self.abort
         limits = self.config.history_limits
         receiver = BrokerReceiver(
@@ -126,7 +126,7 @@ class Hub:
             self._task_group = None
             raise
         self._running = True
-        task_group.start_soon(self._scheduler, name="sessionfanout scheduler")
+        task_group.start_soon(self._scheduler.run, runtime, name="sessionfanout scheduler")
         return self
 
     async def __aexit__(
@@ -163,10 +163,6 @@ class Hub:
     def running(self) -> bool:
         return self._running
 
-    def _clock(self) -> float:
-        assert self._runtime is not None
-        return self._runtime.clock()
-
     # -- connections (the work is in Clients) -------------------------------
 
     async def connect(self, sink: Sink, context: Any = None) -> Connection:
@@ -195,14 +191,14 @@ class Hub:
         """Act on one client frame. A bad frame is answered with ``client_error``
         and changes nothing; no ``ProtocolError`` escapes. ``raw`` that is not
         text or bytes is the adapter's mistake: ``InvalidArgument``."""
-        self._check_connected(connection)
+        self._clients.check_connected(connection)
         await self._clients.handle(connection, raw)
 
     async def send(self, connection: Connection, event: ServerEvent) -> None:
         """Send one frame to one connection (replies of custom frame handlers)."""
         if not self._running:
             raise HubClosed(NOT_RUNNING)
-        self._check_connected(connection)
+        self._clients.check_connected(connection)
         if type(event) not in SERVER_CLASSES:
             raise InvalidArgument(f"event must be a server frame, got {describe(event)}")
         self._delivery.reply(connection, event)
@@ -225,7 +221,7 @@ class Hub:
         Returns the ``subscribed`` reply the client was sent."""
         if not self._running:
             raise HubClosed(NOT_RUNNING)
-        self._check_connected(connection)
+        self._clients.check_connected(connection)
         if not isinstance(from_start, bool) or (from_start and last_seq is not None):
             raise InvalidArgument("from_start is a bool, and excludes last_seq")
         message = Subscribe(session_id, last_seq, epoch, "start" if from_start else None)
@@ -241,7 +237,7 @@ class Hub:
         ``unsubscribed`` with ``reason``. False when it was not subscribed."""
         if not self._running:
             raise HubClosed(NOT_RUNNING)
-        self._check_connected(connection)
+        self._clients.check_connected(connection)
         notice = Unsubscribed(session_id, reason)
         if not self._clients.end_subscription(connection, session_id):
             return False
@@ -261,14 +257,10 @@ class Hub:
         Raises ``ProtocolError`` (``unknown_request``) unless it decided."""
         if not self._running:
             raise HubClosed(NOT_RUNNING)
-        self._check_connected(connection)
+        self._clients.check_connected(connection)
         await self._clients.answer(
             connection, PermissionResponse(request_id, allowed, always_allow)
         )
-
-    def _check_connected(self, connection: Connection) -> None:
-        if not self._registry.is_connected(check_connection(connection)):
-            raise UnknownConnection(f"{connection!r} is not connected to this hub")
 
     # -- producer side -----------------------------------------------------
 
@@ -303,8 +295,7 @@ class Hub:
             raise BrokerUnavailable("the backplane is unavailable; the delta was not accepted")
         now = self._clock()
         self._publisher.add_delta(session_id, text, turn_id, now)
-        if now + self._publisher.shortest_wait < self._wake_at:
-            self._wake_scheduler()
+        self._scheduler.wake_by(now + self._publisher.shortest_wait)
 
     async def flush_delta(self, session_id: str) -> None:
         """Send the session's pending delta text now."""
@@ -333,8 +324,7 @@ class Hub:
         pending, info = self._approvals.open(
             session_id, tool_name, command, description, request_id, now, timeout
         )
-        if pending.deadline < self._wake_at:
-            self._wake_scheduler()
+        self._scheduler.wake_by(pending.deadline)
         return await self._approvals.ask(pending, info, now)
 
     async def run_agent(self, session_id: str, events: AsyncIterable[Any]) -> None:
@@ -352,22 +342,11 @@ class Hub:
         check_id("session_id", session_id)
         if not hasattr(events, "__aiter__"):
             raise InvalidArgument(f"events must be an async iterable, got {describe(events)}")
-        run = self._runs.add(session_id)
-        await self.broker.run_started(session_id)
-        try:
-            with run.scope:  # Hub.abort cancels it: the run ends, the caller goes on
-                await agent_runner.run(
-                    self, self.transformer, session_id, events, lambda: run.reason
-                )
-        finally:
-            self._runs.remove(session_id, run)
-            with anyio.CancelScope(shield=True):
-                await self.broker.run_ended(session_id)
+        await self._runs.run(self, self.transformer, session_id, events)
 
     async def abort(self, session_id: str, reason: str = agent_runner.ABORTED) -> bool:
-        """Stop the session's running agent, on whichever process runs it: its
-        pending deltas are flushed, then ``error`` (``reason``) and ``complete``
-        go out, as for any cancelled run. False when no agent runs for it."""
+        """Stop the session's agent on whichever process runs it (flush, then
+        ``error`` with ``reason`` and ``complete``); False when none runs."""
         if not self._running:
             raise HubClosed(NOT_RUNNING)
         check_id("session_id", session_id)
@@ -412,53 +391,11 @@ class Hub:
     def _writer_failed(self, connection: Connection, exc: BaseException) -> None:
         self._contain(None, f"connection {connection.id}'s writer", exc, connection.id)
 
-    async def _scheduler(self) -> None:
-        """The one task that drives every deadline of the hub."""
-        while True:
-            now = self._clock()
-            try:
-                await self._run_due(now)
-            except Exception as exc:  # each step takes its work before doing it: no loop
-                self._contain(None, "the scheduler's work", exc)
-            deadlines = [
-                self._publisher.batcher.next_deadline(),
-                self._approvals.table.next_deadline(),
-                self.broker.next_deadline(),
-            ]
-            if self._delivery.writers.count:
-                deadlines.append(self._next_sweep)
-            self._wake_at = min((d for d in deadlines if d is not None), default=math.inf)
-            assert self._runtime is not None
-            wakeup = self._wakeup = self._runtime.new_wakeup()
-            with anyio.move_on_after(self._wake_at - now):
-                await wakeup.wait()
-
-    def _sweep_needed(self) -> None:
-        if self._next_sweep < self._wake_at:
-            self._wake_scheduler()
-
-    def _wake_scheduler(self) -> None:
-        self._wake_at = -math.inf
-        if self._wakeup is not None:
-            self._wakeup.set()
-
-    async def _run_due(self, now: float) -> None:
-        self._publisher.flush_due(now)
-        for pending in self._approvals.table.expired(now):
-            if not self._running:
-                break
-            await self._approvals.expire(pending)
-        self.broker.run_due(now)
-        if now >= self._next_sweep:
-            self._delivery.retire_idle_writers(now)
-            self._next_sweep = now + self.config.writer_idle_seconds
-
     # -- introspection -----------------------------------------------------
 
     def statistics(self) -> HubStatistics:
-        connections = tuple(map(ConnectionStatistics.of, self._registry.sinks()))
-        counters = self._counters
-        return HubStatistics(
+        return self._counters.snapshot(
+            tuple(map(ConnectionStatistics.of, self._registry.sinks())),
             connections=self._registry.sink_count,
             subscriptions=self._registry.subscription_count,
             sessions=self._registry.session_count,
@@ -466,20 +403,6 @@ class Hub:
             pending_deltas=len(self._publisher.batcher),
             pending_permissions=len(self._approvals.table),
             writers=self._delivery.writers.count,
-            frames_sent=counters.frames_sent + sum(c.frames_sent for c in connections),
-            bytes_sent=counters.bytes_sent + sum(c.bytes_sent for c in connections),
-            batches=counters.batches,
-            coalesced=counters.coalesced,
-            dropped=counters.dropped,
-            closed_slow=counters.closed_slow,
-            closed_broken=counters.closed_broken,
-            client_errors=counters.client_errors,
-            client_errors_by_code=dict(counters.client_errors_by_code),
             unknown_agent_events=self.transformer.unknown_events,
-            lost_batches=counters.lost_batches,
-            resyncs=counters.resyncs,
-            session_faults=counters.session_faults,
-            suppressed_logs=counters.suppressed_logs,
             broker=dict(self.broker.statistics()),
-            outboxes=connections,
         )

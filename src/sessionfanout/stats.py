@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from .connection import Connection
@@ -29,6 +31,13 @@ class Counters:
     session_faults: int = 0
     suppressed_logs: int = 0
     client_errors_by_code: dict[str, int] = attrs.field(factory=dict)
+
+    def snapshot(self, outboxes: tuple[ConnectionStatistics, ...], **figures: Any) -> HubStatistics:
+        """These totals (with the live connections' own counts) and ``figures``."""
+        totals = attrs.asdict(self)  # copies: the snapshot does not change with the hub
+        totals["frames_sent"] += sum(c.frames_sent for c in outboxes)
+        totals["bytes_sent"] += sum(c.bytes_sent for c in outboxes)
+        return HubStatistics(**totals, **figures, outboxes=outboxes)
 
 
 @attrs.frozen

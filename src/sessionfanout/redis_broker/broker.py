@@ -18,7 +18,7 @@ from redis.retry import Retry
 from ..agent import PermissionDecision
 from ..broker import BrokerContext
 from ..envelope import Signer
-from ..errors import BrokerUnavailable, InvalidArgument
+from ..errors import BrokerUnavailable, ForgedEnvelope, InvalidArgument
 from ..history import History, SessionState
 from .listener import Listener
 from .permissions import Permissions
@@ -108,7 +108,7 @@ class RedisBroker:
             (commands, subscriber),
             Publisher(commands, scripts, names, signer, limits, counters),
             listener,
-            Permissions(commands, scripts, names, signer),
+            Permissions(commands, scripts, names, signer, self._decision_read_back),
             runs,
         )
         try:
@@ -145,6 +145,13 @@ class RedisBroker:
                 self._lost_connection()
             await anyio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.reconnect_max_delay)
+
+    def _decision_read_back(self, message: str) -> None:
+        try:
+            self._get().listener.on_decision(message)
+        except ForgedEnvelope as exc:
+            self._counters.forged += 1
+            logger.warning("dropped a forged permission decision: %s", exc)
 
     def _on_connected(self) -> None:
         if self._connected.is_set():

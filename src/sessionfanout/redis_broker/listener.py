@@ -157,7 +157,7 @@ class Listener:
             elif channel == names.global_channel:
                 self._deliver().deliver_global(self._signer.unpack("global", data))
             elif channel == names.permission_channel:
-                self._on_decision(self._signer.unpack("permission", data))
+                self.on_decision(data)
             else:
                 session_id = names.session_of(channel)
                 seeding = self._seeding.get(session_id)
@@ -192,7 +192,9 @@ class Listener:
             )
         return verdict
 
-    def _on_decision(self, body: str) -> None:
+    def on_decision(self, message: str) -> None:
+        """A signed permission decision (published, or read back at the timeout)."""
+        body = self._signer.unpack("permission", message)
         try:
             data = json.loads(body)
             decision = PermissionDecision(data["r"], bool(data["a"]), bool(data["w"]))
@@ -250,8 +252,10 @@ class Listener:
         seeding = self._seeding.get(session_id)
         if seeding is not None:
             await seeding.wait()  # a watch is loading the session: go on from there
-        known = self.history.peek(session_id)
         epoch, seq, envelopes = await self._fetch(session_id)
+        if session_id not in self.watching:
+            return  # unwatched meanwhile: keep nothing of it
+        known = self.history.peek(session_id)
         if known is not None and known.epoch == epoch and known.seq >= seq:
             return
         first = envelopes[0].seq if envelopes else seq + 1
@@ -271,8 +275,13 @@ class Listener:
     async def watch(self, session_id: str, available: bool) -> None:
         count = self.watching.get(session_id, 0)
         self.watching[session_id] = count + 1
-        if count or not available:
-            return  # already watched, or the listener catches it up when Redis is back
+        if count:
+            seeding = self._seeding.get(session_id)
+            if seeding is not None:  # a watch is loading the session: its state comes after
+                await seeding.wait()
+            return
+        if not available:
+            return  # the listener catches it up when Redis is back
         seeding = self._seeding[session_id] = anyio.Event()
         channel = self._names.channel(session_id)
         try:

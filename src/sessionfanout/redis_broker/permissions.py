@@ -2,7 +2,7 @@
 
 A request is a key holding its session id. An answer arriving at any
 process is checked (is the answering connection subscribed to that
-session?) and claimed by one script, which deletes the key and publishes the
+session?) and claimed by one script, which marks the key decided and publishes the
 decision to every process: the first valid answer decides, exactly once,
 wherever it arrives. The timeout claims the key the same way (``DEL``).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Set
+from collections.abc import Callable, Set
 
 import redis.asyncio as aioredis
 
@@ -30,17 +30,24 @@ CLAIM_MARGIN_MS = 60_000
 
 class Permissions:
     def __init__(
-        self, client: aioredis.Redis, scripts: Scripts, names: Names, signer: Signer
+        self,
+        client: aioredis.Redis,
+        scripts: Scripts,
+        names: Names,
+        signer: Signer,
+        decided: Callable[[str], None],
     ) -> None:
         self._client = client
         self._scripts = scripts
         self._names = names
         self._signer = signer
+        self._decided = decided
+        """Takes a signed decision, as published (``Listener.on_decision``)."""
 
     async def open(self, request_id: str, session_id: str, ttl: float) -> None:
         key = self._names.permission_key(request_id)
         try:
-            await self._client.set(key, session_id, px=int(ttl * 1000) + CLAIM_MARGIN_MS)
+            await self._client.set(key, f"p|{session_id}", px=int(ttl * 1000) + CLAIM_MARGIN_MS)
         except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"cannot open the permission request: {exc}") from exc
 
@@ -68,7 +75,14 @@ class Permissions:
         return bool(won)
 
     async def expire(self, request_id: str) -> bool:
+        """True when the timeout decides: the request was still pending, or its
+        key is gone (Redis lost it). An answer that won is decided here too,
+        in case its published decision never arrived."""
         try:
-            return bool(await self._client.delete(self._names.permission_key(request_id)))
+            value = await self._client.getdel(self._names.permission_key(request_id))
         except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"cannot expire permission {request_id}: {exc}") from exc
+        if value is not None and str(value).startswith("d|"):
+            self._decided(str(value)[2:])
+            return False
+        return True

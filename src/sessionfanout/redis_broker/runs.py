@@ -69,7 +69,10 @@ class Runs:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for session_id in sessions:
-                    pipe.zadd(self._names.runs_key(session_id), {self._names.process_id: expires})
+                    key = self._names.runs_key(session_id)
+                    pipe.zadd(key, {self._names.process_id: expires})
+                    pipe.zremrangebyscore(key, "-inf", _now_ms())  # processes that died
+                    pipe.pexpire(key, int(RUN_TTL * 1000))
                 await pipe.execute()
         except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"cannot record the run: {exc}") from exc

@@ -9,7 +9,8 @@ messages as in ``envelope``):
 - ``{prefix}:ev:{session}``: channel of ``epoch|seq|sig|kind|body``.
 - ``{prefix}:global`` and ``{prefix}:permission``: channels of ``sig|body``.
 - ``{prefix}:control:{process}``: this process's flush markers.
-- ``{prefix}:perm:{request}``: a pending permission request's session id.
+- ``{prefix}:perm:{request}``: a permission request: ``p|<session>`` while
+  pending, ``d|<signed decision>`` once answered.
 - ``{prefix}:runs:{session}``: the processes running its agent (see ``runs``).
 """
 
@@ -70,12 +71,17 @@ local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
 return {meta[1], meta[2] or '0', redis.call('LRANGE', KEYS[2], 0, -1)}
 """
 
+# KEYS: the request. ARGV: channel, signed decision, then the answerer's
+# sessions. A pending request holds "p|<session>"; the first valid answer
+# turns it into "d|<decision>", which the timeout reads back if the published
+# decision never reached the waiting process.
 ANSWER = """
-local session = redis.call('GET', KEYS[1])
-if not session then return 0 end
+local value = redis.call('GET', KEYS[1])
+if not value or string.sub(value, 1, 2) ~= 'p|' then return 0 end
+local session = string.sub(value, 3)
 for i = 3, #ARGV do
   if ARGV[i] == session then
-    redis.call('DEL', KEYS[1])
+    redis.call('SET', KEYS[1], 'd|' .. ARGV[2], 'KEEPTTL')
     redis.call('PUBLISH', ARGV[1], ARGV[2])
     return 1
   end
