@@ -96,6 +96,8 @@ async def read_json(request: Request) -> Any:
 
 def session_id_of(request: Request) -> str:
     session_id: str = request.path_params["session_id"]
+    if not session_id:
+        raise ValueError("session id must not be empty")
     if len(session_id) > MAX_ID_LENGTH:
         raise ValueError(f"session id must be at most {MAX_ID_LENGTH} characters")
     return session_id

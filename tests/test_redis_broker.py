@@ -20,6 +20,7 @@ from sessionfanout import (
     ConfigChanged,
     Hub,
     HubConfig,
+    InvalidArgument,
     PermissionDecision,
     TextComplete,
     ToolResult,
@@ -591,3 +592,9 @@ async def test_subscribes_at_once_on_a_process_all_get_the_sessions_state(
     assert [(epoch, 3, True, 1)] * 3 == [
         (r["epoch"], r["seq"], r["resumed"], r.get("firstSeq")) for r in replies
     ]
+
+
+@pytest.mark.parametrize("secret", ["", b"", 42])
+def test_a_secret_that_signs_nothing_or_is_not_text_is_refused(secret: Any) -> None:
+    with pytest.raises(InvalidArgument, match="secret"):
+        RedisBroker("redis://127.0.0.1:1/0", secret=secret)

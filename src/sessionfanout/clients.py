@@ -18,6 +18,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from typing import Any
 
 from .agent import PermissionDecision
+from .agent_runner import ABORTED
 from .broker import Broker
 from .checks import describe
 from .codec import decode_client
@@ -52,7 +53,6 @@ LOG_RATE = 0.1
 """Records a second about one connection, after its first ``LOG_BURST``."""
 
 PROTOCOL_FRAMES = frozenset({Subscribe.TYPE, Unsubscribe.TYPE, PermissionResponse.TYPE, Abort.TYPE})
-ABORTED = "aborted"
 
 
 async def _no_abort(session_id: str, reason: str) -> bool:

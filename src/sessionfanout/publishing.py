@@ -11,8 +11,9 @@ publishing one session's batch is contained to that session.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
+from .approvals import Contain
 from .batcher import Batch, DeltaBatcher
 from .broker import Broker
 from .codec import encode
@@ -29,8 +30,6 @@ BATCH_EARLY = 0.2
 """A batch may go out this fraction of ``batch_interval`` early (but never
 sooner than ``batch_interval`` after its session's previous one), so that a
 wake-up made late by a busy event loop does not make the batch late."""
-
-Contain = Callable[[str | None, str, BaseException], None]
 
 
 class Publisher:

@@ -32,6 +32,7 @@ __all__ = ("RedisBroker",)
 logger = logging.getLogger("sessionfanout.redis")
 
 PING_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 10.0
 FLUSH_TIMEOUT = 5.0
 
 
@@ -65,6 +66,8 @@ class RedisBroker:
         self.prefix = prefix
         self.reconnect_max_delay = reconnect_max_delay
         self.client_name = client_name
+        if secret is not None and (not isinstance(secret, str | bytes) or not secret):
+            raise InvalidArgument("secret must be a non-empty str or bytes, or None")
         self._signer = Signer(secret)
         self._names = Names(prefix, secrets.token_urlsafe(9))
         self._counters = Counters()
@@ -116,8 +119,10 @@ class RedisBroker:
         except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
         context.task_group.start_soon(self._run, name="sessionfanout redis broker")
-        with anyio.fail_after(10):
+        with anyio.move_on_after(CONNECT_TIMEOUT):
             await self._connected.wait()
+        if not self._connected.is_set():
+            raise BrokerUnavailable(f"Redis at {self.url} did not answer its subscriptions")
 
     async def _run(self) -> None:
         with self._scope:
