@@ -210,12 +210,6 @@ class History:
             max_events=limits.max_events, max_bytes=limits.max_bytes, idle_ttl=limits.idle_ttl
         )
 
-    @property
-    def limits(self) -> HistoryLimits:
-        return HistoryLimits(
-            max_events=self.max_events, max_bytes=self.max_bytes, idle_ttl=self.idle_ttl
-        )
-
     def state(self, session_id: str, now: float) -> SessionState:
         """The session's epoch and last seq; creates the session if new."""
         log = self._touch(session_id, now)
