@@ -26,6 +26,10 @@ class RedisServer:
         self.folder = folder
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra: list[str] = []
+        """More arguments (cluster or replica settings)."""
+        self.config_file: Path | None = None
+        """Started as ``redis-server FILE --sentinel`` when set."""
 
     @property
     def url(self) -> str:
@@ -35,7 +39,10 @@ class RedisServer:
         args = [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", str(self.folder), "--protected-mode", "no",
+            *self.extra,
         ]  # fmt: skip
+        if self.config_file is not None:  # a sentinel: its file says it all
+            args = [self.binary, str(self.config_file), "--sentinel"]
         with (self.folder / "redis.log").open("ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10

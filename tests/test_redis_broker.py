@@ -27,9 +27,13 @@ from sessionfanout import (
 )
 from sessionfanout.codec import encode
 from sessionfanout.redis_broker import RedisBroker
+from sessionfanout.redis_broker.scripts import Names
 from tests.hubtools import RecordingSink, connect, subscribe, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
+
+SF = Names("sf", "")
+"""Where the tests with ``prefix="sf"`` find their keys and channels."""
 
 
 @pytest.fixture
@@ -220,7 +224,7 @@ async def test_a_forged_envelope_is_dropped_and_counted(redis_server: Any) -> No
         await subscribe(a, connection, "s")
         client = aioredis.Redis.from_url(redis_server.url)
         forged = "e1|1|" + "0" * 32 + '|e|{"type":"complete","sessionId":"s"}'
-        await client.publish("sf:ev:s", forged)
+        await client.publish(SF.channel("s"), forged)
         await client.publish(
             "sf:global", "0" * 32 + '|{"type":"config_changed","changeType":"theme"}'
         )
@@ -369,9 +373,9 @@ async def test_a_replay_renumbered_as_the_next_seq_is_dropped_and_the_real_one_d
         await b.broadcast_to_session("s", ToolResult("s", "u1", "t", "one"))
         await wait_for(lambda: len(events(sink, "s")) == 1)
         raw = await raw_client(redis_server)
-        epoch = await raw.hget("sf:s:meta:s", "epoch")
-        _, _, placeless = (await raw.lindex("sf:s:log:s", 0)).partition("|")
-        await raw.publish("sf:ev:s", f"{epoch}|2|{placeless}")
+        epoch = await raw.hget(SF.key("s", "meta"), "epoch")
+        _, _, placeless = (await raw.lindex(SF.key("s", "log"), 0)).partition("|")
+        await raw.publish(SF.channel("s"), f"{epoch}|2|{placeless}")
         await raw.aclose()
         await wait_for(lambda: a.statistics().broker["forged"] >= 1)
         await b.broadcast_to_session("s", ToolResult("s", "u2", "t", "two"))
@@ -388,12 +392,12 @@ async def test_an_envelope_moved_to_a_new_epoch_of_its_session_is_dropped_and_co
     async with signed_hub(redis_server) as a, signed_hub(redis_server) as b:
         await b.broadcast_to_session("s", ToolResult("s", "u1", "t", "old"))
         raw = await raw_client(redis_server)
-        entry = await raw.lindex("sf:s:log:s", 0)
-        await raw.delete("sf:s:meta:s", "sf:s:log:s")
+        entry = await raw.lindex(SF.key("s", "log"), 0)
+        await raw.delete(SF.key("s", "meta"), SF.key("s", "log"))
         connection, sink = await connect(a)
         await subscribe(a, connection, "s")
-        epoch = await raw.hget("sf:s:meta:s", "epoch")
-        await raw.publish("sf:ev:s", f"{epoch}|{entry}")
+        epoch = await raw.hget(SF.key("s", "meta"), "epoch")
+        await raw.publish(SF.channel("s"), f"{epoch}|{entry}")
         await raw.aclose()
         await wait_for(lambda: a.statistics().broker["forged"] >= 1)
         await b.broadcast_to_session("s", ToolResult("s", "u1", "t", "new"))
@@ -409,9 +413,9 @@ async def test_an_envelope_moved_to_another_session_is_dropped_and_counted(
         connection, sink = await connect(a)
         await subscribe(a, connection, "other")
         raw = await raw_client(redis_server)
-        entry = await raw.lindex("sf:s:log:s", 0)
-        epoch = await raw.hget("sf:s:meta:other", "epoch")
-        await raw.publish("sf:ev:other", f"{epoch}|{entry}")
+        entry = await raw.lindex(SF.key("s", "log"), 0)
+        epoch = await raw.hget(SF.key("other", "meta"), "epoch")
+        await raw.publish(SF.channel("other"), f"{epoch}|{entry}")
         await raw.aclose()
         await wait_for(lambda: a.statistics().broker["forged"] >= 1)
         await b.broadcast_to_session("other", ToolResult("other", "u1", "t", "of other"))
@@ -431,9 +435,9 @@ async def test_a_replay_renumbered_in_the_history_is_dropped_and_the_clients_tol
         await b.broadcast_to_session("s", ToolResult("s", "u1", "t", "one"))
         await wait_for(lambda: len(events(sink, "s")) == 1)
         raw = await raw_client(redis_server)
-        _, _, placeless = (await raw.lindex("sf:s:log:s", 0)).partition("|")
-        await raw.rpush("sf:s:log:s", f"2|{placeless}")
-        await raw.hincrby("sf:s:meta:s", "seq", 1)
+        _, _, placeless = (await raw.lindex(SF.key("s", "log"), 0)).partition("|")
+        await raw.rpush(SF.key("s", "log"), f"2|{placeless}")
+        await raw.hincrby(SF.key("s", "meta"), "seq", 1)
         await raw.aclose()
         await b.broadcast_to_session("s", ToolResult("s", "u3", "t", "three"))  # seq 3: a gap
         await wait_for(lambda: a.statistics().broker["forged"] >= 1)
@@ -499,7 +503,7 @@ async def test_a_client_subscribing_while_the_pubsub_connection_reconnects_resum
         for n in range(5):
             await b.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", str(n)))
         raw = await raw_client(redis_server)
-        epoch = await raw.hget("sessionfanout:s:meta:s", "epoch")
+        epoch = await raw.hget(Names("sessionfanout", "").key("s", "meta"), "epoch")
         [victim] = [
             c["id"]
             for c in await raw.client_list()

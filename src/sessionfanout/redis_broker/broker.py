@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import attrs
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -20,11 +21,14 @@ from ..broker import BrokerContext
 from ..envelope import Signer
 from ..errors import BrokerUnavailable, ForgedEnvelope, InvalidArgument
 from ..history import History, SessionState
+from .cluster import Topology
+from .connect import Target
 from .listener import Listener
 from .permissions import Permissions
 from .publisher import Outgoing, Publisher
 from .runs import Runs
-from .scripts import CONNECTION_ERRORS, Names, Scripts
+from .scripts import CONNECTION_ERRORS, Client, Names, Scripts
+from .shards import Shards
 from .stats import Counters
 
 __all__ = ("RedisBroker",)
@@ -39,15 +43,22 @@ FLUSH_TIMEOUT = 5.0
 @attrs.frozen
 class _Parts:
     context: BrokerContext
-    clients: tuple[aioredis.Redis, aioredis.Redis]
+    clients: tuple[Client, ...]
     publisher: Publisher
     listener: Listener
     permissions: Permissions
     runs: Runs
+    topology: Topology | None
 
 
 class RedisBroker:
-    """The Redis backplane; see the package docstring."""
+    """The Redis backplane; see the package docstring.
+
+    ``url`` says where Redis is: ``redis://host:port/db`` (one server),
+    ``redis+cluster://host:port,host:port`` (a Redis Cluster, from seed
+    nodes) or ``redis+sentinel://host:port,host:port/name`` (the master
+    that the sentinels know as ``name``); see ``connect``.
+    """
 
     def __init__(
         self,
@@ -60,8 +71,9 @@ class RedisBroker:
     ) -> None:
         """``secret`` turns on signing (every process needs the same one);
         ``client_name`` names this process's connections in Redis's CLIENT LIST."""
-        if not isinstance(prefix, str) or not prefix or "|" in prefix:
-            raise InvalidArgument("prefix must be a non-empty string without '|'")
+        if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "|{}"):
+            raise InvalidArgument("prefix must be a non-empty string without '|', '{' or '}'")
+        self._target = Target.parse(url)
         self.url = url
         self.prefix = prefix
         self.reconnect_max_delay = reconnect_max_delay
@@ -96,33 +108,59 @@ class RedisBroker:
             "retry": Retry(NoBackoff(), 0),
             "client_name": self.client_name,
         }
-        commands = aioredis.Redis.from_url(self.url, **options)
-        subscriber = aioredis.Redis.from_url(self.url, **options)
-        scripts = Scripts(commands)
+        target = self._target
+        commands = target.commands(options)
+        topology = Topology(commands) if isinstance(commands, RedisCluster) else None
+        scripts = Scripts(sharded=topology is not None)
         history = History.with_limits(context.history_limits)
         names, signer, counters = self._names, self._signer, self._counters
         limits = context.history_limits
+        clients: tuple[Client, ...] = (commands,)
+        if topology is None:
+            server = target.server(options)
+            clients += (server,)
+            subscriber = lambda: server  # noqa: E731
+        else:
+            subscriber = lambda: self._any_node(topology, options)  # noqa: E731
         listener = Listener(commands, subscriber, scripts, names, signer, history, counters)
         listener.start(context.receiver, context.clock, context.task_group)
+        if topology is not None:
+            connect = lambda host, port: target.node(host, port, options)  # noqa: E731
+            listener.shards = Shards(
+                topology, connect, listener.dispatch, listener.catch_up, names.session_of
+            )
+            listener.shards.start(context.task_group)
         runs = Runs(commands, names, signer)
         listener.on_control = lambda message: runs.on_abort(message, context.receiver.abort)
         self._parts = _Parts(
             context,
-            (commands, subscriber),
-            Publisher(commands, scripts, names, signer, limits, counters),
+            clients,
+            Publisher(commands, scripts, names, signer, limits, counters, topology),
             listener,
             Permissions(commands, scripts, names, signer, self._decision_read_back),
             runs,
+            topology,
         )
-        try:
-            await scripts.load()
-        except CONNECTION_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
+        await self._reach(commands)
         context.task_group.start_soon(self._run, name="sessionfanout redis broker")
         with anyio.move_on_after(CONNECT_TIMEOUT):
             await self._connected.wait()
         if not self._connected.is_set():
             raise BrokerUnavailable(f"Redis at {self.url} did not answer its subscriptions")
+
+    async def _reach(self, commands: Client) -> None:
+        try:
+            if isinstance(commands, RedisCluster):
+                await commands.initialize()
+            else:
+                await commands.ping()
+        except (*CONNECTION_ERRORS, IndexError) as exc:
+            raise BrokerUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
+
+    def _any_node(self, topology: Topology, options: dict[str, Any]) -> aioredis.Redis:
+        """A cluster broadcasts classic pub/sub to every node: any one will do."""
+        node = random.choice(topology.client.get_nodes())
+        return self._target.node(node.host, int(node.port), options)
 
     async def _run(self) -> None:
         with self._scope:
@@ -165,8 +203,12 @@ class RedisBroker:
         self._connected.set()
 
     async def _commands_answer(self) -> bool:
+        """Can this process publish? On a cluster: does any node answer."""
+        parts = self._get()
         with anyio.move_on_after(PING_TIMEOUT), contextlib.suppress(*CONNECTION_ERRORS):
-            await self._get().clients[0].ping()
+            if parts.topology is not None:
+                return await parts.topology.refresh()
+            await parts.clients[0].ping()
             return True
         return False
 
@@ -183,7 +225,9 @@ class RedisBroker:
 
         A marker published after everything else on this process's own control
         channel arrives after every earlier message (Redis keeps the order on
-        a connection), so once it is here, local subscribers have it all.
+        a connection), so once it is here, local subscribers have it all. On a
+        cluster, shard channels come on other connections: then the sessions
+        watched here are waited for until they have what this process committed.
         """
         if not self._available:
             return
@@ -194,10 +238,26 @@ class RedisBroker:
             await self._enqueue(Outgoing(("PUBLISH", self._names.control_channel, marker)))
             with anyio.move_on_after(FLUSH_TIMEOUT):
                 await arrived.wait()
+                if self._get().topology is not None:
+                    await self._delivered(self._get().publisher.committed())
         except BrokerUnavailable:
             pass
         finally:
             del markers[marker]
+
+    async def _delivered(self, committed: dict[str, int]) -> None:
+        listener = self._get().listener
+        while True:
+            behind = [
+                session_id
+                for session_id, seq in committed.items()
+                if session_id in listener.watching
+                and (known := listener.history.peek(session_id)) is not None
+                and known.seq < seq
+            ]
+            if not behind:
+                return
+            await anyio.sleep(0.01)
 
     async def aclose(self) -> None:
         self._available = False

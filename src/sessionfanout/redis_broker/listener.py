@@ -2,7 +2,9 @@
 
 This process subscribes (on a pub/sub connection of its own) to the channels
 of the sessions it has local subscribers for, plus one channel for global
-events, one for permission decisions and one for its own flush markers. The
+events, one for permission decisions and one for its own flush markers. On a
+Redis Cluster the sessions' channels are shard channels, subscribed on their
+shards (see ``shards``), and this connection holds the other three. The
 first local subscriber of a session loads its history from Redis into this
 process's ``History``, so resume works on any process.
 
@@ -16,7 +18,6 @@ a reconnect every watched session is caught up the same way.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import secrets
@@ -33,7 +34,8 @@ from ..broker import Receiver
 from ..envelope import Envelope, Signer
 from ..errors import ForgedEnvelope
 from ..history import History, Recorded
-from .scripts import CONNECTION_ERRORS, Names, Scripts
+from .scripts import CONNECTION_ERRORS, Client, Names, Scripts
+from .shards import Shards, close_quietly
 from .stats import Counters
 
 __all__ = ()
@@ -46,8 +48,8 @@ class Listener:
 
     def __init__(
         self,
-        client: aioredis.Redis,
-        subscriber: aioredis.Redis,
+        client: Client,
+        subscriber: Callable[[], aioredis.Redis],
         scripts: Scripts,
         names: Names,
         signer: Signer,
@@ -73,6 +75,8 @@ class Listener:
         """Flush markers this process waits for on its control channel."""
         self.on_control: Callable[[str], None] = lambda message: None
         """Signed requests on the control channel (abort)."""
+        self.shards: Shards | None = None
+        """On a cluster: the sessions' shard subscriptions."""
 
     def start(
         self, receiver: Receiver, clock: Callable[[], float], task_group: anyio.abc.TaskGroup
@@ -88,9 +92,8 @@ class Listener:
     async def listen(self, connected: Callable[[], None]) -> None:
         """Subscribe, catch every watched session up, call ``connected``, then
         dispatch until the connection fails."""
-        pubsub = self._subscriber.pubsub()
+        pubsub = self._subscriber().pubsub()
         try:
-            await self._scripts.load()
             await self._subscribe_all(pubsub)
             # Only now: until here, ``watch`` leaves new sessions to _subscribe_all.
             self._pubsub = pubsub
@@ -98,11 +101,10 @@ class Listener:
             while True:
                 message = await pubsub.get_message(timeout=None)
                 if message is not None:
-                    await self._dispatch(message)
+                    await self.dispatch(message)
         finally:
             self._pubsub = None
-            with anyio.CancelScope(shield=True), contextlib.suppress(*CONNECTION_ERRORS):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            await close_quietly(pubsub)
 
     async def _subscribe_all(self, pubsub: PubSub) -> None:
         """Subscribe to every channel this process needs; catch up each watched session.
@@ -115,7 +117,8 @@ class Listener:
             wanted: dict[str, str | None] = dict.fromkeys(
                 (names.global_channel, names.permission_channel, names.control_channel)
             )
-            wanted.update((names.channel(s), s) for s in self.watching)
+            if self.shards is None:
+                wanted.update((names.channel(s), s) for s in self.watching)
             missing = {c: s for c, s in wanted.items() if c not in subscribed}
             if not missing:
                 return
@@ -133,16 +136,16 @@ class Listener:
                 continue
             if message["type"] == "subscribe":
                 channels.discard(message["channel"])
-            await self._dispatch(message)
+            await self.dispatch(message)
 
-    async def _dispatch(self, message: dict[str, Any]) -> None:
+    async def dispatch(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]
         if kind == "subscribe":
             confirmed = self._confirmed.get(channel)
             if confirmed is not None:
                 confirmed.set()
             return
-        if kind != "message":
+        if kind not in ("message", "smessage"):
             return
         data: str = message["data"]
         self._counters.received += 1
@@ -168,7 +171,7 @@ class Listener:
                     await self.catch_up(session_id)
         except ForgedEnvelope as exc:
             self._counters.forged += 1
-            session = names.session_of(channel) if channel.startswith(names.channel("")) else None
+            session = names.session_of(channel) if channel.startswith(names.channel_head) else None
             logger.warning(
                 "dropped a forged or malformed message on %s: %s",
                 channel,
@@ -212,11 +215,9 @@ class Listener:
         be delivered in order: it is left out, as if the history were shorter.
         """
         names = self._names
-        epoch, seq, entries = await self._client.evalsha(
-            self._scripts.state.sha,
-            2,
-            names.key(session_id, "meta"),
-            names.key(session_id, "log"),
+        epoch, seq, entries = await self._scripts.state.run(
+            self._client,
+            [names.key(session_id, "meta"), names.key(session_id, "log")],
             secrets.token_urlsafe(9),
             self._ttl_ms,
         )
@@ -280,27 +281,29 @@ class Listener:
             if seeding is not None:  # a watch is loading the session: its state comes after
                 await seeding.wait()
             return
-        if not available:
+        if not available and self.shards is None:
             return  # the listener catches it up when Redis is back
         seeding = self._seeding[session_id] = anyio.Event()
         channel = self._names.channel(session_id)
         try:
             pubsub = self._pubsub
-            if pubsub is not None:  # else the listener, reconnecting, subscribes it
-                try:
+            try:
+                if self.shards is not None:
+                    await self.shards.subscribe(channel)
+                elif pubsub is not None:  # else the listener, reconnecting, subscribes it
                     confirmed = self._confirmed[channel] = anyio.Event()
                     await pubsub.subscribe(channel)
                     with anyio.fail_after(10):
                         await confirmed.wait()
-                except CONNECTION_ERRORS as exc:
-                    # Still watched: the listener reconnects, subscribes and catches
-                    # it up from where the seed below leaves it.
-                    logger.info(
-                        "subscribing to %s is delayed: %s",
-                        session_id,
-                        exc,
-                        extra={"session_id": session_id},
-                    )
+            except CONNECTION_ERRORS as exc:
+                # Still watched: the listener reconnects, subscribes and catches
+                # it up from where the seed below leaves it.
+                logger.info(
+                    "subscribing to %s is delayed: %s",
+                    session_id,
+                    exc,
+                    extra={"session_id": session_id},
+                )
             await self._seed(session_id)
         except CONNECTION_ERRORS as exc:
             logger.info(
@@ -321,7 +324,9 @@ class Listener:
             return
         self.watching.pop(session_id, None)
         self.history.forget(session_id)
-        if self._task_group is not None:
+        if self.shards is not None:
+            self.shards.unsubscribe(self._names.channel(session_id))
+        elif self._task_group is not None:
             self._task_group.start_soon(self._unsubscribe, session_id)
 
     async def _unsubscribe(self, session_id: str) -> None:

@@ -13,12 +13,10 @@ import json
 import logging
 from collections.abc import Callable, Set
 
-import redis.asyncio as aioredis
-
 from ..agent import PermissionDecision
 from ..envelope import Signer
 from ..errors import BrokerUnavailable
-from .scripts import CONNECTION_ERRORS, Names, Scripts
+from .scripts import CONNECTION_ERRORS, Client, Names, Scripts
 
 __all__ = ()
 
@@ -31,7 +29,7 @@ CLAIM_MARGIN_MS = 60_000
 class Permissions:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         scripts: Scripts,
         names: Names,
         signer: Signer,
@@ -61,10 +59,9 @@ class Permissions:
             separators=(",", ":"),
         )
         try:
-            won = await self._client.evalsha(
-                self._scripts.answer.sha,
-                1,
-                self._names.permission_key(request_id),
+            won = await self._scripts.answer.run(
+                self._client,
+                [self._names.permission_key(request_id)],
                 self._names.permission_channel,
                 self._signer.pack("permission", body),
                 *subscribed,

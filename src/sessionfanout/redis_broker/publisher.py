@@ -11,6 +11,12 @@ Otherwise the script writes nothing and says where the session is; those
 events are signed again for that place and sent before anything newer.
 A round is refused only because another publication was committed, so
 under contention they all make progress.
+
+On a Redis Cluster each node's share of a round goes in a pipeline of its
+own (see ``cluster``): a shard that cannot be reached fails its own
+publications (``BrokerUnavailable``), not the others', and a reply that says
+the command did not run (CLUSTERDOWN, TRYAGAIN, a slot nobody serves yet)
+is sent again for up to ``RETRY_WINDOW``.
 """
 
 from __future__ import annotations
@@ -23,13 +29,13 @@ from typing import Any
 
 import anyio
 import attrs
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from ..envelope import Signer
 from ..errors import BrokerUnavailable
 from ..history import HistoryLimits
-from .scripts import CONNECTION_ERRORS, Names, Scripts
+from .cluster import NOT_RUN, Topology
+from .scripts import CONNECTION_ERRORS, Client, Names, Scripts
 from .stats import Counters
 
 __all__ = ()
@@ -38,6 +44,9 @@ logger = logging.getLogger("sessionfanout.redis")
 
 PIPELINE_MAX = 512
 PREDICTIONS_MAX = 4096
+RETRY_WINDOW = 3.0
+"""Seconds a round goes on sending what a cluster did not run (a failover)."""
+RETRY_PAUSE = 0.05
 
 
 @attrs.define
@@ -75,14 +84,18 @@ class Publisher:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         scripts: Scripts,
         names: Names,
         signer: Signer,
         limits: HistoryLimits,
         counters: Counters,
+        topology: Topology | None = None,
     ) -> None:
         self._client = client
+        self._topology = topology
+        self._eval = False
+        """Send the next round's scripts whole: a server lost them."""
         self._scripts = scripts
         self._names = names
         self._signer = signer
@@ -94,6 +107,10 @@ class Publisher:
         # Where each session this process publishes to is believed to be: its
         # epoch and last seq, least recently used first. A miss costs a retry.
         self._predictions: OrderedDict[str, tuple[str, int]] = OrderedDict()
+
+    def committed(self) -> dict[str, int]:
+        """The last seq this process committed, for the sessions it published to lately."""
+        return {session_id: seq for session_id, (_, seq) in self._predictions.items()}
 
     def enqueue(self, outgoing: Outgoing) -> Outgoing:
         self._outgoing.append(outgoing)
@@ -150,17 +167,19 @@ class Publisher:
 
     async def _send(self, batch: list[Outgoing]) -> None:
         """Send a batch; what went to a session that was not where predicted goes again."""
+        deadline = anyio.current_time() + RETRY_WINDOW
         while batch:
             calls = self._calls(batch)
-            async with self._client.pipeline(transaction=False) as pipe:
-                for command, _, _ in calls:
-                    pipe.execute_command(*command)
-                results = await pipe.execute(raise_on_error=False)
+            self._eval = False
+            results = await self._execute([command for command, _, _ in calls])
             retry: list[Outgoing] = []
-            reload = False
+            pause = False
             for (_, group, epoch), result in zip(calls, results, strict=True):
                 if isinstance(result, NoScriptError):
-                    reload = True  # not run: Redis restarted and lost the script
+                    self._eval = True  # not run: the server lost the script
+                    retry += group
+                elif isinstance(result, NOT_RUN) and anyio.current_time() < deadline:
+                    pause = True
                     retry += group
                 elif isinstance(result, Exception):
                     self._counters.failed += len(group)
@@ -176,9 +195,21 @@ class Publisher:
                     self._counters.published += len(group)
                     for outgoing in group:
                         outgoing.finish()
-            if reload:
-                await self._scripts.load()
+            if pause:
+                await anyio.sleep(RETRY_PAUSE)
             batch = retry
+
+    async def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Every command's reply or error. On one server a lost connection raises;
+        on a cluster it fails only the commands of the node that was lost."""
+        if self._topology is not None:
+            keys = [str(c[3]) if c[0].startswith("EVAL") else None for c in commands]
+            return await self._topology.execute(commands, keys)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
 
     def _calls(self, batch: list[Outgoing]) -> list[Call]:
         """One command per session (its events in call order), or per other command."""
@@ -208,9 +239,9 @@ class Publisher:
             pack(session_id, epoch, seq + n, o.body, o.is_delta) for n, o in enumerate(group, 1)
         ]
         names = self._names
+        script = self._scripts.publish
         command = (
-            "EVALSHA",
-            self._scripts.publish.sha,
+            *(("EVAL", script.source) if self._eval else ("EVALSHA", script.sha)),
             2,
             names.key(session_id, "meta"),
             names.key(session_id, "log"),

@@ -15,11 +15,10 @@ import time
 from collections.abc import Callable
 
 import anyio
-import redis.asyncio as aioredis
 
 from ..envelope import Signer
 from ..errors import BrokerUnavailable, ForgedEnvelope
-from .scripts import CONNECTION_ERRORS, Names
+from .scripts import CONNECTION_ERRORS, Client, Names
 
 __all__ = ()
 
@@ -34,7 +33,7 @@ def _now_ms() -> int:
 
 
 class Runs:
-    def __init__(self, client: aioredis.Redis, names: Names, signer: Signer) -> None:
+    def __init__(self, client: Client, names: Names, signer: Signer) -> None:
         self._client = client
         self._names = names
         self._signer = signer

@@ -1,26 +1,38 @@
 """Where a session lives in Redis, and the Lua scripts that change it atomically.
 
 Keys and channels (``prefix`` is ``sessionfanout`` by default; entries and
-messages as in ``envelope``):
+messages as in ``envelope``; ``{tag}`` is a hash tag, see ``Names.tag``):
 
-- ``{prefix}:s:meta:{session}``: hash of ``epoch``, ``seq`` (the last one
-  committed) and ``bytes`` (the history's size).
-- ``{prefix}:s:log:{session}``: the history, entries ``seq|sig|kind|body``.
-- ``{prefix}:ev:{session}``: channel of ``epoch|seq|sig|kind|body``.
+- ``{prefix}:s:{tag}:meta:{session}``: hash of ``epoch``, ``seq`` (the last
+  one committed) and ``bytes`` (the history's size).
+- ``{prefix}:s:{tag}:log:{session}``: the history, entries ``seq|sig|kind|body``.
+- ``{prefix}:ev:{tag}:{session}``: channel of ``epoch|seq|sig|kind|body``
+  (a shard channel on a Redis Cluster).
 - ``{prefix}:global`` and ``{prefix}:permission``: channels of ``sig|body``.
 - ``{prefix}:control:{process}``: this process's flush markers.
 - ``{prefix}:perm:{request}``: a permission request: ``p|<session>`` while
   pending, ``d|<signed decision>`` once answered.
-- ``{prefix}:runs:{session}``: the processes running its agent (see ``runs``).
+- ``{prefix}:runs:{tag}:{session}``: the processes running its agent (see ``runs``).
+
+On a Redis Cluster every key and the channel of a session share its hash tag,
+so they live in one slot: the publish script, which appends to the history
+and publishes on the channel, runs atomically on the node that owns it.
 """
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 import attrs
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisError
 
 __all__ = ()
+
+Client = aioredis.Redis | RedisCluster
+"""A command client: one server (direct or found through Sentinel), or a cluster."""
 
 CONNECTION_ERRORS = (RedisError, OSError, TimeoutError)
 """What a lost or unreachable Redis raises."""
@@ -50,7 +62,7 @@ local n = 0
 for i = 8, #ARGV do
   n = redis.call('RPUSH', KEYS[2], ARGV[i])
   bytes = bytes + #ARGV[i]
-  redis.call('PUBLISH', ARGV[1], epoch .. '|' .. ARGV[i])
+  redis.call('PUBLISH', ARGV[1], epoch .. '|' .. ARGV[i])  -- SPUBLISH on a cluster
 end
 local max_events, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6])
 while n > 0 and (n > max_events or bytes > max_bytes) do
@@ -90,6 +102,16 @@ return 0
 """
 
 
+TAG_LENGTH = 12
+
+
+def tag(session_id: str) -> str:
+    """The session's hash tag: braces around a digest of its id, so that a
+    session id holding braces of its own cannot change the slot of its keys."""
+    data = session_id.encode("utf-8", "surrogatepass")
+    return "{" + hashlib.blake2b(data, digest_size=TAG_LENGTH // 2).hexdigest() + "}"
+
+
 @attrs.frozen
 class Names:
     """The keys and channels of one deployment (``prefix``) and process."""
@@ -98,13 +120,18 @@ class Names:
     process_id: str
 
     def key(self, session_id: str, part: str) -> str:
-        return f"{self.prefix}:s:{part}:{session_id}"
+        return f"{self.prefix}:s:{tag(session_id)}:{part}:{session_id}"
 
     def channel(self, session_id: str) -> str:
-        return f"{self.prefix}:ev:{session_id}"
+        return f"{self.channel_head}{tag(session_id)}:{session_id}"
+
+    @property
+    def channel_head(self) -> str:
+        """What every session channel starts with."""
+        return f"{self.prefix}:ev:"
 
     def session_of(self, channel: str) -> str:
-        return channel[len(self.channel("")) :]
+        return channel[len(self.channel_head) + TAG_LENGTH + 3 :]
 
     def permission_key(self, request_id: str) -> str:
         return f"{self.prefix}:perm:{request_id}"
@@ -112,7 +139,7 @@ class Names:
     def runs_key(self, session_id: str) -> str:
         """A sorted set: the processes running the session's agent, scored by
         when that stops being true unless refreshed (ms since the epoch)."""
-        return f"{self.prefix}:runs:{session_id}"
+        return f"{self.prefix}:runs:{tag(session_id)}:{session_id}"
 
     def control_channel_of(self, process_id: str) -> str:
         return f"{self.prefix}:control:{process_id}"
@@ -130,15 +157,33 @@ class Names:
         return self.control_channel_of(self.process_id)
 
 
+@attrs.frozen
+class Script:
+    source: str
+    sha: str = attrs.field(init=False)
+
+    @sha.default
+    def _sha(self) -> str:
+        return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+
+    async def run(self, client: Client, keys: list[str], *args: Any) -> Any:
+        """EVALSHA; EVAL when the server lost it (a restart, or a replica promoted
+        on failover), which caches it there again."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.source, len(keys), *keys, *args)
+
+
+@attrs.frozen
 class Scripts:
-    """The scripts, registered on one client; ``load`` again after Redis lost them."""
+    """The scripts; on a cluster, session events go on shard channels (SPUBLISH)."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._client = client
-        self.publish = client.register_script(PUBLISH)
-        self.state = client.register_script(STATE)
-        self.answer = client.register_script(ANSWER)
+    sharded: bool = False
+    publish: Script = attrs.field(init=False)
+    state: Script = Script(STATE)
+    answer: Script = Script(ANSWER)
 
-    async def load(self) -> None:
-        for script in (self.publish, self.state, self.answer):
-            await self._client.script_load(script.script)
+    @publish.default
+    def _publish(self) -> Script:
+        return Script(PUBLISH.replace("'PUBLISH'", "'SPUBLISH'") if self.sharded else PUBLISH)
