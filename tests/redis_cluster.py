@@ -75,6 +75,7 @@ class Cluster:
                 "--cluster-enabled", "yes", "--cluster-node-timeout", "500",
                 "--cluster-config-file", "nodes.conf",
                 "--cluster-require-full-coverage", "no",
+                "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
             ]  # fmt: skip
 
     @staticmethod
@@ -99,26 +100,41 @@ class Cluster:
         replicas = ["--cluster-replicas", "1"] if self.replicas else []
         cli(self.nodes[0].port, "--cluster", "create", *addresses, *replicas, "--cluster-yes")
         wait_until(self.healthy, 30, "the cluster is up")
+        wait_until(self._replicas_synced, 30, "every replica has its master's data")
+
+    def _replicas_synced(self) -> bool:
+        """Only a replica in sync can take over: a failover test waits for this."""
+        roles = [cli(node.port, "info", "replication") for node in self.nodes]
+        replicas = [r for r in roles if "role:slave" in r]
+        return len(replicas) == len(self.nodes) // 2 * self.replicas and all(
+            "master_link_status:up" in r for r in replicas
+        )
 
     def healthy(self) -> bool:
         """Every slot served by a live master, as every live node sees it."""
+        live = {node.port for node in self.nodes if node.process is not None}
         try:
             return all(
-                "cluster_state:ok" in cli(node.port, "cluster", "info")
-                and self._masters_seen(node.port) == self.live_masters()
-                for node in self.nodes
-                if node.process is not None
+                "cluster_state:ok" in cli(port, "cluster", "info")
+                and self._slots_served(port, live) == 16384
+                for port in live
             )
         except subprocess.CalledProcessError:
             return False
 
-    def _masters_seen(self, port: int) -> set[int]:
-        masters = set()
+    @staticmethod
+    def _slots_served(port: int, live: set[int]) -> int:
+        """How many slots the node at ``port`` sees served by a live master."""
+        served = 0
         for line in cli(port, "cluster", "nodes").splitlines():
             fields = line.split()
-            if "master" in fields[2] and "fail" not in fields[2] and fields[8:]:
-                masters.add(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
-        return masters
+            owner = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            if "master" not in fields[2] or "fail" in fields[2] or owner not in live:
+                continue
+            for span in fields[8:]:
+                low, _, high = span.partition("-")
+                served += int(high or low) - int(low) + 1
+        return served
 
     def live_masters(self) -> set[int]:
         return {
@@ -177,6 +193,8 @@ class Sentinels:
     def start(self) -> None:
         self.master.start()
         self.replica.extra = ["--replicaof", "127.0.0.1", str(self.master.port)]
+        for server in (self.master, self.replica):
+            server.extra += ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
         self.replica.start()
         for sentinel in self.sentinels:
             conf = sentinel.folder / "sentinel.conf"
