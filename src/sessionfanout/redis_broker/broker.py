@@ -22,7 +22,7 @@ from ..envelope import Signer
 from ..errors import BrokerUnavailable, ForgedEnvelope, InvalidArgument
 from ..history import History, SessionState
 from .cluster import Topology
-from .connect import Target
+from .connect import Target, close
 from .listener import Listener
 from .permissions import Permissions
 from .publisher import Outgoing, Publisher
@@ -268,7 +268,7 @@ class RedisBroker:
         with anyio.CancelScope(shield=True):
             for client in self._parts.clients:
                 with contextlib.suppress(*CONNECTION_ERRORS):
-                    await client.aclose()
+                    await close(client)
 
     def statistics(self) -> Mapping[str, int]:
         watched = len(self._parts.listener.watching) if self._parts else 0

@@ -42,6 +42,15 @@ def _address(text: str, url: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+async def close(client: Client) -> None:
+    """Close a client, and the sentinel connections of one found through Sentinel."""
+    await client.aclose()
+    if isinstance(client, aioredis.Redis):
+        sentinel = getattr(client.connection_pool, "sentinel_manager", None)
+        if sentinel is not None:
+            await sentinel.aclose()
+
+
 @attrs.frozen
 class Target:
     """A parsed Redis URL (see the module docstring)."""
