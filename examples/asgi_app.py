@@ -264,9 +264,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--log-level", default="info")
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--redis", metavar="URL", help="run on the Redis backplane, e.g. redis://127.0.0.1:6379/0"
     )
+    where.add_argument(
+        "--redis-cluster",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="run on a Redis Cluster, found from these seed nodes",
+    )
+    where.add_argument(
+        "--redis-sentinel",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="run on the master these Redis sentinels know as --redis-master",
+    )
+    parser.add_argument("--redis-master", metavar="NAME", help="the master's name in Sentinel")
     parser.add_argument(
         "--secret",
         default=os.environ.get("SESSIONFANOUT_SECRET"),
@@ -283,10 +295,17 @@ def main(argv: list[str] | None = None) -> None:
         "--test-endpoints", action="store_true", help="add POST /api/test/close-streams"
     )
     args = parser.parse_args(argv)
+    if bool(args.redis_sentinel) != bool(args.redis_master):
+        parser.error("--redis-sentinel and --redis-master go together")
+    redis_url = args.redis
+    if args.redis_cluster:
+        redis_url = f"redis+cluster://{args.redis_cluster}"
+    elif args.redis_sentinel:
+        redis_url = f"redis+sentinel://{args.redis_sentinel}/{args.redis_master}"
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     config = uvicorn.Config(
         create_app(
-            redis_url=args.redis,
+            redis_url=redis_url,
             secret=args.secret,
             sse_heartbeat=args.sse_heartbeat,
             test_endpoints=args.test_endpoints,
@@ -296,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         log_level=args.log_level,
         lifespan="on",
     )
-    backplane = f" on Redis at {args.redis}" if args.redis else ""
+    backplane = f" on Redis at {redis_url}" if redis_url else ""
     print(f"sessionfanout demo{backplane}: open http://{args.host}:{args.port}/", flush=True)
     Server(config).run()
 
