@@ -602,3 +602,33 @@ async def test_subscribes_at_once_on_a_process_all_get_the_sessions_state(
 def test_a_secret_that_signs_nothing_or_is_not_text_is_refused(secret: Any) -> None:
     with pytest.raises(InvalidArgument, match="secret"):
         RedisBroker("redis://127.0.0.1:1/0", secret=secret)
+
+
+async def test_events_lost_by_the_store_start_a_new_epoch_and_clients_reload(
+    redis_server: Any,
+) -> None:
+    """A lagging replica promoted in a failover lacks the last committed events:
+    the seqs they had are not reused for other events (which subscribers that
+    had the lost ones would drop as duplicates); the session starts a new epoch
+    and its subscribers are told to reload."""
+    async with hub(redis_server) as a, hub(redis_server) as b:
+        on_a, sink_a = await connect(a)
+        await subscribe(a, on_a, "s")
+        for n in range(10):
+            await b.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", str(n)))
+        await wait_for(lambda: len(events(sink_a, "s")) == 10)
+        raw = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        names = Names("sessionfanout", "")
+        await raw.hset(names.key("s", "meta"), "seq", 7)  # as the promoted replica has it
+        await raw.ltrim(names.key("s", "log"), 0, 6)
+        await raw.aclose()
+        for n in range(10, 13):
+            await b.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", str(n)))
+        await wait_for(lambda: "12" in [f.get("result") for f in sink_a.frames])
+    reload = sink_a.of_type("subscribed")[-1]
+    assert reload["resumed"] is False
+    after = sink_a.frames[sink_a.frames.index(reload) + 1 :]
+    assert 1 == reload["seq"], "the new epoch's first event is in the history to reload"
+    assert ["11", "12"] == [f["result"] for f in after]
+    assert [2, 3] == [f["seq"] for f in after]
+    assert reload["epoch"] != sink_a.of_type("subscribed")[0]["epoch"]

@@ -34,9 +34,10 @@ logger = logging.getLogger("sessionfanout.redis")
 REFRESH_INTERVAL = 0.25
 """Seconds between two refreshes of the slot map, at most."""
 
-NOT_RUN = (ClusterDownError, TryAgainError, SlotNotCoveredError, MovedError, AskError)
+NOT_RUN = (ClusterDownError, TryAgainError, MovedError, AskError)
 """Replies that say the command did not run (a failover or a slot move is
-under way): sent again for a short while, never a duplicate."""
+under way): sent again for a short while, never a duplicate. A slot that no
+master serves (``SlotNotCoveredError``) fails at once."""
 
 
 class Topology:

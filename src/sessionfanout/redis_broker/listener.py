@@ -257,10 +257,13 @@ class Listener:
         if session_id not in self.watching:
             return  # unwatched meanwhile: keep nothing of it
         known = self.history.peek(session_id)
-        if known is not None and known.epoch == epoch and known.seq >= seq:
+        if known is not None and known.epoch == epoch and known.seq == seq:
             return
+        # Behind what was delivered here, in the same epoch: the store lost events
+        # (a lagging replica took over); the resync below tells clients to reload.
+        lost = known is not None and known.epoch == epoch and known.seq > seq
         first = envelopes[0].seq if envelopes else seq + 1
-        if known is not None and known.epoch == epoch and first <= known.seq + 1:
+        if not lost and known is not None and known.epoch == epoch and first <= known.seq + 1:
             for envelope in envelopes:
                 self._record(session_id, envelope)
             self._counters.gaps_filled += 1

@@ -107,6 +107,9 @@ class Publisher:
         # Where each session this process publishes to is believed to be: its
         # epoch and last seq, least recently used first. A miss costs a retry.
         self._predictions: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._lost: dict[str, str] = {}
+        """Sessions whose store lost committed events (a failover to a replica
+        that lagged behind): their epoch, to be replaced by a new one."""
 
     def committed(self) -> dict[str, int]:
         """The last seq this process committed, for the sessions it published to lately."""
@@ -186,11 +189,11 @@ class Publisher:
                     for outgoing in group:
                         outgoing.finish(result)
                 elif isinstance(result, list):  # the session was elsewhere: it says where
-                    actual_epoch, actual_seq = result
-                    self._predict(group[0].session_id, actual_epoch or None, int(actual_seq))
+                    self._elsewhere(group[0].session_id, result[0] or None, int(result[1]))
                     self._counters.retried += len(group)
                     retry += group
                 else:
+                    self._lost.pop(str(group[0].session_id), None)
                     self._predict(group[0].session_id, epoch, int(result))
                     self._counters.published += len(group)
                     for outgoing in group:
@@ -230,7 +233,9 @@ class Publisher:
         if session_id is None:
             return group[0].command, group, ""
         predicted = self._predictions.get(session_id)
-        if predicted is None:
+        if session_id in self._lost:
+            (epoch, seq), fresh = (secrets.token_urlsafe(9), 0), "2:" + self._lost[session_id]
+        elif predicted is None:
             (epoch, seq), fresh = (secrets.token_urlsafe(9), 0), "1"
         else:
             (epoch, seq), fresh = predicted, "0"
@@ -253,6 +258,30 @@ class Publisher:
             *entries,
         )
         return command, group, epoch
+
+    def _elsewhere(self, session_id: str | None, epoch: str | None, seq: int) -> None:
+        """A round was refused: the session is at ``epoch`` and ``seq``.
+
+        Behind what this process committed there, in the same epoch, means the
+        store lost committed events (a replica that lagged took over): those
+        seqs would be numbered again for other events, which subscribers that
+        had the lost ones would drop. The session starts a new epoch instead,
+        so they are told to reload."""
+        if session_id is None:
+            return
+        predicted = self._predictions.get(session_id)
+        if predicted is not None and predicted[0] == epoch and seq < predicted[1]:
+            self._lost[session_id] = predicted[0]
+            logger.warning(
+                "the store of %s lost events %d..%d; starting a new epoch",
+                session_id,
+                seq + 1,
+                predicted[1],
+                extra={"session_id": session_id},
+            )
+        elif self._lost.get(session_id) != epoch:
+            self._lost.pop(session_id, None)  # another process moved it on already
+        self._predict(session_id, epoch, seq)
 
     def _predict(self, session_id: str | None, epoch: str | None, seq: int) -> None:
         """Where the session is now; None: it has no epoch, the next round starts one."""

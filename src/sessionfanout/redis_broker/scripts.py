@@ -38,13 +38,15 @@ CONNECTION_ERRORS = (RedisError, OSError, TimeoutError)
 """What a lost or unreachable Redis raises."""
 
 # KEYS: meta, log. ARGV: channel, epoch, fresh ("1": the epoch is new, to start
-# the session with if it has none), first seq, max events, max bytes, TTL (ms),
-# then the entries, numbered from the first seq. Returns the last seq, or where
-# the session is ({epoch or "", seq}) when that is not where the entries go.
+# the session with if it has none; "2:<old epoch>": to start the session with
+# in place of that one, which lost events in a failover), first seq, max events,
+# max bytes, TTL (ms), then the entries, numbered from the first seq. Returns the
+# last seq, or where the session is ({epoch or "", seq}) when that is not where
+# the entries go.
 PUBLISH = """
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
 local epoch, seq = meta[1], tonumber(meta[2]) or 0
-local fresh = not epoch and ARGV[3] == '1'
+local fresh = (not epoch and ARGV[3] == '1') or (epoch and ARGV[3] == '2:' .. epoch)
 if fresh then
   epoch, seq = ARGV[2], 0
 end
