@@ -84,3 +84,20 @@ def test_the_watcher_skips_what_it_printed_and_says_when_history_is_gone() -> No
         watcher.subscribe_frame()
         == '{"type": "subscribe", "sessionId": "s", "lastSeq": 9, "epoch": "e2"}'
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--redis-sentinel", "127.0.0.1:26379"],
+        ["--redis-master", "mymaster"],
+        ["--redis", "redis://127.0.0.1:6379/0", "--redis-cluster", "127.0.0.1:7000"],
+        ["--redis-cluster", "127.0.0.1:7000", "--redis-sentinel", "127.0.0.1:26379"],
+    ],
+)
+def test_the_demo_takes_one_backplane_and_a_sentinel_with_its_master(argv: list[str]) -> None:
+    from asgi_app import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert 2 == exited.value.code
