@@ -19,6 +19,10 @@ other has one subscriber that receives them.
 Throughput: events published back to back (each publish awaited), until the
 last one is received. Latency: one event every millisecond; publish-to-receive
 per event, p50 and p99. Median of the repetitions.
+
+``--deployments``: sessionfanout alone on one Redis server, a Redis Cluster of
+one shard and one of three, across two processes and 1,000 sessions, with
+each master's CPU (see ``scaling.py``).
 """
 
 from __future__ import annotations
@@ -191,6 +195,11 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def main(args: argparse.Namespace) -> None:
+    if args.deployments:
+        from scaling import main as deployments
+
+        await deployments(args.events * 4, args.paced_events * 2)
+        return
     process = None
     url = args.redis
     if url is None:
@@ -224,4 +233,7 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--paced-events", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--deployments", action="store_true", help="one server vs a cluster of 1 and 3 shards"
+    )
     anyio.run(main, parser.parse_args())
