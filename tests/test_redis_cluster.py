@@ -167,6 +167,7 @@ def check_delivered(sink: RecordingSink, session_id: str, sent: list[str]) -> bo
     return bool(resynced)
 
 
+@pytest.mark.slow
 async def test_a_master_killed_mid_stream(own_cluster: Cluster) -> None:
     """Publishing to the dead shard fails only until its replica is promoted; its
     subscribers get every event or the reload signal; the other shards flow on."""
