@@ -191,19 +191,29 @@ class Sentinels:
         return f"redis+sentinel://{self.seeds}/{self.name}"
 
     def start(self) -> None:
-        self.master.start()
-        self.replica.extra = ["--replicaof", "127.0.0.1", str(self.master.port)]
         for server in (self.master, self.replica):
-            server.extra += ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
+            server.extra = ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
+        self.replica.extra += ["--replicaof", "127.0.0.1", str(self.master.port)]
+        self.master.start()
         self.replica.start()
-        for sentinel in self.sentinels:
+        ids = [f"{n + 1:040x}" for n in range(len(self.sentinels))]
+        for sentinel, myid in zip(self.sentinels, ids, strict=True):
+            # Each knows the others and the replica from the start: no discovery
+            # round of hello messages (2 s apart) before a failover can be agreed.
+            others = [
+                f"sentinel known-sentinel {self.name} 127.0.0.1 {other.port} {other_id}\n"
+                for other, other_id in zip(self.sentinels, ids, strict=True)
+                if other is not sentinel
+            ]
             conf = sentinel.folder / "sentinel.conf"
             conf.write_text(
                 f"port {sentinel.port}\nbind 127.0.0.1\nprotected-mode no\n"
-                f"dir {sentinel.folder}\n"
+                f"dir {sentinel.folder}\nsentinel myid {myid}\n"
                 f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 2\n"
                 f"sentinel down-after-milliseconds {self.name} 1000\n"
                 f"sentinel failover-timeout {self.name} 5000\n"
+                f"sentinel known-replica {self.name} 127.0.0.1 {self.replica.port}\n"
+                + "".join(others)
             )
             sentinel.config_file = conf
             sentinel.start()

@@ -48,16 +48,6 @@ def two_apps(cluster: Cluster, folder: Path) -> Iterator[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture(scope="module")
 def apps(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     with two_apps(cluster, tmp_path_factory.mktemp("apps")) as bases:
         yield bases
@@ -140,7 +130,7 @@ def test_permissions_are_answered_on_the_other_process_on_every_shard(
     cluster: Cluster, apps: tuple[str, str]
 ) -> None:
     a, b = apps
-    sessions = [group[0] for group in by_shard(cluster, 1, "perm").values()]
+    sessions = [group[0] for group in by_shard(cluster, 1, "e2e-perm").values()]
     on_a, on_b = Client(ws_url(a)), Client(ws_url(b))
     for session_id in sessions:
         on_a.subscribe(session_id)
@@ -165,7 +155,7 @@ def test_permissions_are_answered_on_the_other_process_on_every_shard(
 
 def test_a_client_resumes_on_the_other_process(cluster: Cluster, apps: tuple[str, str]) -> None:
     a, b = apps
-    [session_id, *_] = by_shard(cluster, 1, "resume").popitem()[1]
+    [session_id, *_] = by_shard(cluster, 1, "e2e-resume").popitem()[1]
     first = Client(ws_url(a))
     epoch = first.subscribe(session_id)["epoch"]
     message = "".join(f"<{n}>" for n in range(300))

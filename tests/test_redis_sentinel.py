@@ -86,7 +86,7 @@ async def test_the_master_killed_mid_stream(sentinels: Sentinels) -> None:
                 lambda: wait_until(lambda: sentinels.master_port() != old, 30, "a promotion")
             )
             promoted_at = time.monotonic()
-            await anyio.sleep(3.0)
+            await anyio.sleep(2.5)
             stop.set()
         await wait_for(lambda: all(delivered(s, sent) for s in sinks), seconds=20)
     for session_id in sessions:
