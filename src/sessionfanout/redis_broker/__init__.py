@@ -4,7 +4,10 @@
     async with Hub(config, broker=RedisBroker("redis://127.0.0.1:6379/0")) as hub: ...
 
 Needs the ``redis`` extra (redis-py's asyncio client, so the hub runs on
-asyncio). How it works:
+asyncio). The URL says where Redis is: one server (``redis://``), a Redis
+Cluster (``redis+cluster://host:port,...``) or the master that Redis
+Sentinel names (``redis+sentinel://host:port,.../name``); see ``connect``.
+How it works:
 
 - Publishing is an optimistic compare-and-append. The signature binds each
   event to its epoch and seq (see ``envelope``), and the secret never goes to
@@ -39,11 +42,19 @@ asyncio). How it works:
   exactly once) and published to every process; the timeout claims it the
   same way.
 
-The package, one job a module: ``scripts`` (keys, channels and the Lua
-scripts), ``publisher`` (numbering and sending this process's publications),
-``listener`` (the pub/sub connection, watched sessions, gap fill),
-``permissions`` (requests answered from any process) and ``broker`` (the
-parts put together, and reconnecting).
+- On a cluster, a session's keys and channel share one slot (a hash tag),
+  its events travel on sharded pub/sub within its shard, and a failed shard
+  fails only its own sessions' publications; after a failover its sessions
+  are caught up as after any reconnect (see ``shards``).
+
+The package, one job a module: ``connect`` (the URL and the clients it
+makes), ``scripts`` (keys, channels and the Lua scripts), ``publisher``
+(numbering and sending this process's publications), ``cluster`` (a
+cluster's slot map, and commands sent shard by shard), ``listener`` (the
+pub/sub connection, watched sessions, gap fill), ``shards`` (a cluster's
+shard subscriptions), ``permissions`` (requests answered from any process),
+``runs`` (which process runs an agent) and ``broker`` (the parts put
+together, and reconnecting).
 """
 
 from .broker import RedisBroker

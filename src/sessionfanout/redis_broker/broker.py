@@ -88,6 +88,7 @@ class RedisBroker:
         self._connected = anyio.Event()
         self._scope = anyio.CancelScope()
         self._connection_scope = anyio.CancelScope()
+        self._last_node = ""
 
     def _get(self) -> _Parts:
         assert self._parts is not None, "RedisBroker used before start()"
@@ -158,8 +159,11 @@ class RedisBroker:
             raise BrokerUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
 
     def _any_node(self, topology: Topology, options: dict[str, Any]) -> aioredis.Redis:
-        """A cluster broadcasts classic pub/sub to every node: any one will do."""
-        node = random.choice(topology.client.get_nodes())
+        """A cluster broadcasts classic pub/sub to every node: any one will do,
+        preferably not the one this connection just lost."""
+        nodes = topology.client.get_nodes()
+        node = random.choice([n for n in nodes if n.name != self._last_node] or nodes)
+        self._last_node = node.name
         return self._target.node(node.host, int(node.port), options)
 
     async def _run(self) -> None:

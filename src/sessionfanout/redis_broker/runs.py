@@ -28,6 +28,10 @@ RUN_TTL = 30.0
 """Seconds a process's run entry lives unless refreshed (a third of it)."""
 
 
+UNMARK_RETRY = 0.5
+"""Seconds between two attempts to remove the entry of a run that ended."""
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -38,6 +42,8 @@ class Runs:
         self._names = names
         self._signer = signer
         self._local: dict[str, int] = {}
+        self._ended: set[str] = set()
+        """Runs that ended here whose entries are still to be removed."""
 
     async def started(self, session_id: str) -> None:
         self._local[session_id] = self._local.get(session_id, 0) + 1
@@ -48,16 +54,33 @@ class Runs:
         if count > 0:
             self._local[session_id] = count
             return
-        try:
-            await self._client.zrem(self._names.runs_key(session_id), self._names.process_id)
-        except CONNECTION_ERRORS as exc:  # it goes stale by itself
-            logger.info("could not unmark the run of %s: %s", session_id, exc)
+        self._ended.add(session_id)
+        await self._unmark()
+
+    async def _unmark(self) -> None:
+        """Remove the entries of runs that ended here. One that Redis could not
+        take (it was away) is removed later: else another process would find
+        the session busy until the entry expires."""
+        for session_id in list(self._ended):
+            if session_id in self._local:  # it runs here again
+                self._ended.discard(session_id)
+                continue
+            try:
+                await self._client.zrem(self._names.runs_key(session_id), self._names.process_id)
+            except CONNECTION_ERRORS as exc:
+                logger.info("could not unmark the run of %s yet: %s", session_id, exc)
+                return
+            self._ended.discard(session_id)
 
     async def refresh(self) -> None:
-        """Keep this process's entries alive while its runs last."""
+        """Keep this process's entries alive while its runs last; retry removals."""
+        marked = anyio.current_time()
         while True:
-            await anyio.sleep(RUN_TTL / 3)
-            if self._local:
+            await anyio.sleep(UNMARK_RETRY)
+            if self._ended:
+                await self._unmark()
+            if self._local and anyio.current_time() - marked >= RUN_TTL / 3:
+                marked = anyio.current_time()
                 try:
                     await self._mark(list(self._local))
                 except BrokerUnavailable as exc:
