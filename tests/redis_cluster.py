@@ -157,6 +157,22 @@ class Cluster:
                     return next(n for n in self.nodes if n.port == port)
         raise LookupError(f"no master serves slot {slot}")
 
+    def migrate(self, key: str) -> RedisServer:
+        """Move the key's slot, and its keys, to another master (as resharding
+        does, one slot); the new owner."""
+        slot = cli(self._live().port, "cluster", "keyslot", key).strip()
+        source = self.master_of(key)
+        target = next(n for n in self.nodes if n.port in self.live_masters() and n is not source)
+        source_id, target_id = (cli(n.port, "cluster", "myid").strip() for n in (source, target))
+        cli(target.port, "cluster", "setslot", slot, "importing", source_id)
+        cli(source.port, "cluster", "setslot", slot, "migrating", target_id)
+        while keys := cli(source.port, "cluster", "getkeysinslot", slot, "100").split():
+            port = str(target.port)
+            cli(source.port, "migrate", "127.0.0.1", port, "", "0", "5000", "keys", *keys)
+        for port in self.live_masters():
+            cli(port, "cluster", "setslot", slot, "node", target_id)
+        return target
+
     def _live(self) -> RedisServer:
         return next(node for node in self.nodes if node.process is not None)
 

@@ -135,6 +135,42 @@ async def test_a_client_resumes_on_the_other_process(cluster: Cluster) -> None:
     assert list(range(1, 31)) == [f["seq"] for f in frames]
 
 
+async def test_a_session_whose_slot_moves_mid_stream_loses_nothing(cluster: Cluster) -> None:
+    """Resharding moves a session's slot to another master while it streams:
+    publishing follows (MOVED, ASK, TRYAGAIN), the subscriptions move to the
+    new owner, and every event arrives once, in order."""
+    [session_id, *_] = by_shard(cluster, 1, "moving").popitem()[1]
+    sent: list[str] = []
+    failed: list[BaseException] = []
+    async with hub(cluster) as a, hub(cluster) as b:
+        sinks = []
+        for h in (a, b):
+            connection, sink = await connect(h)
+            await subscribe(h, connection, session_id)
+            sinks.append(sink)
+
+        async def stream(count: int) -> None:
+            for n in range(len(sent), len(sent) + count):
+                try:
+                    event = ToolResult(session_id, f"u{n}", "t", str(n))
+                    await b.broadcast_to_session(session_id, event)
+                    sent.append(str(n))
+                except BrokerUnavailable as exc:
+                    failed.append(exc)
+                await anyio.sleep(0.005)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stream, 150)
+            await anyio.sleep(0.2)
+            owner = await anyio.to_thread.run_sync(cluster.migrate, NAMES.key(session_id, "meta"))
+        await stream(20)  # after the move
+        await wait_for(lambda: all(sent[-1] in {f.get("result") for f in s.frames} for s in sinks))
+    assert owner.port == cluster.master_of(NAMES.key(session_id, "meta")).port
+    assert [] == failed
+    for sink in sinks:
+        assert not check_delivered(sink, session_id, sent), "nothing lost: no reload"
+
+
 def check_delivered(sink: RecordingSink, session_id: str, sent: list[str]) -> bool:
     """Every event published without error arrived, once, in order, numbered
     without a gap; or the session's clients were told to reload (then what

@@ -31,7 +31,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import SlotNotCoveredError
 
-from .cluster import Topology
+from .cluster import REFRESH_INTERVAL, Topology
 from .scripts import CONNECTION_ERRORS
 
 __all__ = ()
@@ -39,6 +39,8 @@ __all__ = ()
 logger = logging.getLogger("sessionfanout.redis")
 
 CONFIRM_TIMEOUT = 10.0
+MOVE_ATTEMPTS = 20
+"""Slot map refreshes to find where a slot moved, before subscribing again in place."""
 RECONNECT_MAX_DELAY = 0.5
 """A shard reconnects quickly: its replica takes over within seconds."""
 
@@ -202,23 +204,40 @@ class Shards:
                         if message["type"] == "ssubscribe":
                             missing.discard(message["channel"])
                             subscribed.add(message["channel"])
-                        await self._handle(message)
+                        await self._handle(message, entry)
             entry.pubsub = pubsub
             for channel in subscribed & entry.channels:
                 await self._catch_up(self._session_of(channel))
             while True:
                 message = await pubsub.get_message(timeout=None)
                 if message is not None:
-                    await self._handle(message)
+                    await self._handle(message, entry)
         finally:
             entry.pubsub = None
             await close_quietly(pubsub, client)
 
-    async def _handle(self, message: dict[str, Any]) -> None:
-        if message["type"] == "ssubscribe":
-            confirmed = self._confirmed.get(message["channel"])
+    async def _handle(self, message: dict[str, Any], entry: _Node) -> None:
+        kind, channel = message["type"], message["channel"]
+        if kind == "ssubscribe":
+            confirmed = self._confirmed.get(channel)
             if confirmed is not None:
                 confirmed.set()
-            return
-        if message["type"] == "smessage":
+        elif kind == "smessage":
             await self._dispatch(message)
+        elif kind == "sunsubscribe" and self._home.get(channel) == entry.node.name:
+            # Not asked for (``unsubscribe`` forgets the channel first): the
+            # server ends shard subscriptions of a slot that moved to another master.
+            assert self._task_group is not None
+            self._task_group.start_soon(self._dropped, channel, entry.node.name)
+
+    async def _dropped(self, channel: str, name: str) -> None:
+        """Find where the channel's slot went (``_rehome`` moves it there), or
+        after a while subscribe again where the slot map still says it is."""
+        for _ in range(MOVE_ATTEMPTS):
+            await self._topology.refresh()
+            if self._home.get(channel) != name:
+                return
+            await anyio.sleep(REFRESH_INTERVAL)
+        entry = self._nodes.get(name)
+        if entry is not None and entry.pubsub is not None and self._home.get(channel) == name:
+            await self._move(entry.pubsub, channel)
