@@ -36,7 +36,15 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from sessionfanout import MAX_ID_LENGTH, ConfigChanged, Connection, Hub, HubClosed, HubConfig
+from sessionfanout import (
+    MAX_ID_LENGTH,
+    BrokerUnavailable,
+    ConfigChanged,
+    Connection,
+    Hub,
+    HubClosed,
+    HubConfig,
+)
 from sessionfanout.metrics import HubCollector
 
 DEMO = Path(__file__).parent / "demo"
@@ -112,7 +120,11 @@ async def post_message(request: Request) -> Response:
     runner: AgentRunner = request.app.state.runner
     if not request.app.state.hub.running:
         return error(503, "server shutting down")
-    if not await runner.start(session_id, options):
+    try:
+        started = await runner.start(session_id, options)
+    except BrokerUnavailable as exc:  # it cannot tell whether one runs elsewhere
+        return error(503, str(exc))
+    if not started:
         return error(409, "an agent is already running for this session")
     return JSONResponse({"accepted": True}, status_code=202)
 
@@ -126,6 +138,8 @@ async def post_abort(request: Request) -> Response:
         aborted = await request.app.state.runner.abort(session_id)
     except HubClosed:
         return error(503, "server shutting down")
+    except BrokerUnavailable as exc:
+        return error(503, str(exc))
     if not aborted:
         return error(404, "no agent is running for this session")
     return JSONResponse({"aborted": True}, status_code=202)
