@@ -632,3 +632,32 @@ async def test_events_lost_by_the_store_start_a_new_epoch_and_clients_reload(
     assert ["11", "12"] == [f["result"] for f in after]
     assert [2, 3] == [f["seq"] for f in after]
     assert reload["epoch"] != sink_a.of_type("subscribed")[0]["epoch"]
+
+
+async def test_a_store_found_behind_on_reconnect_tells_clients_to_reload(
+    redis_server: Any,
+) -> None:
+    """Catching up after a reconnect, a process that delivered more of a session
+    than Redis now holds (in the same epoch) resyncs its clients: the seqs it
+    delivered will be numbered again for other events."""
+    async with hub(redis_server) as a, hub(redis_server) as b:
+        on_a, sink_a = await connect(a)
+        await subscribe(a, on_a, "s")
+        for n in range(10):
+            await b.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", str(n)))
+        await wait_for(lambda: len(events(sink_a, "s")) == 10)
+        raw = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        names = Names("sessionfanout", "")
+        await raw.hset(names.key("s", "meta"), "seq", 7)
+        await raw.ltrim(names.key("s", "log"), 0, 6)
+        await raw.client_kill_filter(_type="pubsub")
+        await raw.aclose()
+        await wait_for(lambda: len(sink_a.of_type("subscribed")) == 2)
+        async with hub(redis_server) as c:  # knows nothing: it numbers from Redis
+            await c.broadcast_to_session("s", ToolResult("s", "u-new", "t", "new"))
+        await wait_for(lambda: "new" in [f.get("result") for f in sink_a.frames])
+    reload = sink_a.of_type("subscribed")[-1]
+    assert (False, 7) == (reload["resumed"], reload["seq"])
+    assert [("new", 8)] == [
+        (f["result"], f["seq"]) for f in sink_a.frames[sink_a.frames.index(reload) + 1 :]
+    ]

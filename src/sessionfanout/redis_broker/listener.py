@@ -253,15 +253,18 @@ class Listener:
         seeding = self._seeding.get(session_id)
         if seeding is not None:
             await seeding.wait()  # a watch is loading the session: go on from there
+        before = self.history.peek(session_id)
         epoch, seq, envelopes = await self._fetch(session_id)
         if session_id not in self.watching:
             return  # unwatched meanwhile: keep nothing of it
+        # Delivered here before Redis was asked, yet ahead of it, in the same
+        # epoch: the store lost events (a lagging replica took over); the resync
+        # below tells clients to reload. (What was delivered while it was being
+        # asked, on another connection, may well be ahead: that proves nothing.)
+        lost = before is not None and before.epoch == epoch and before.seq > seq
         known = self.history.peek(session_id)
-        if known is not None and known.epoch == epoch and known.seq == seq:
+        if not lost and known is not None and known.epoch == epoch and known.seq >= seq:
             return
-        # Behind what was delivered here, in the same epoch: the store lost events
-        # (a lagging replica took over); the resync below tells clients to reload.
-        lost = known is not None and known.epoch == epoch and known.seq > seq
         first = envelopes[0].seq if envelopes else seq + 1
         if not lost and known is not None and known.epoch == epoch and first <= known.seq + 1:
             for envelope in envelopes:
