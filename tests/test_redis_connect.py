@@ -53,3 +53,16 @@ def test_a_bad_url_is_refused_with_what_is_wrong(url: str, complaint: str) -> No
 def test_a_prefix_that_could_split_a_session_over_slots_is_refused(prefix: str) -> None:
     with pytest.raises(InvalidArgument, match="prefix"):
         RedisBroker("redis+cluster://127.0.0.1:7000", prefix=prefix)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize(
+    "url", ["redis+cluster://127.0.0.1:1", "redis+sentinel://127.0.0.1:1/mymaster"]
+)
+async def test_a_deployment_that_cannot_be_reached_fails_to_start(url: str) -> None:
+    from sessionfanout import BrokerUnavailable, Hub, HubConfig
+
+    with pytest.raises(BrokerUnavailable, match="cannot reach Redis"):
+        async with Hub(HubConfig(), broker=RedisBroker(url)):
+            pass

@@ -155,7 +155,7 @@ class RedisBroker:
                 await commands.initialize()
             else:
                 await commands.ping()
-        except (*CONNECTION_ERRORS, IndexError) as exc:
+        except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
 
     def _any_node(self, topology: Topology, options: dict[str, Any]) -> aioredis.Redis:

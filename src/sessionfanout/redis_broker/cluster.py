@@ -102,7 +102,7 @@ class Topology:
                     for index in indexes:
                         pipe.execute_command(*commands[index])
                     replies = await pipe.execute(raise_on_error=False)
-            except (*CONNECTION_ERRORS, IndexError) as exc:
+            except CONNECTION_ERRORS as exc:
                 lost = lost or not isinstance(exc, NOT_RUN)
                 replies = [exc] * len(indexes)
             for index, reply in zip(indexes, replies, strict=True):

@@ -115,7 +115,9 @@ class Target:
         client asks the sentinels again after each lost connection)."""
         if self.mode == "sentinel":
             untyped: Any = Sentinel  # its constructor has no annotations in redis-py
-            sentinel = untyped(list(self.nodes), sentinel_kwargs={"socket_timeout": 2.0})
+            # Asking a sentinel that is down fails at once: the next one is asked.
+            quick = {"socket_timeout": 2.0, "retry": options.get("retry")}
+            sentinel = untyped(list(self.nodes), sentinel_kwargs=quick)
             client: aioredis.Redis = sentinel.master_for(
                 self.master, db=self.db, **options, **self._auth()
             )

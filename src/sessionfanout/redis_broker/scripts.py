@@ -27,15 +27,16 @@ from typing import Any
 import attrs
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 __all__ = ()
 
 Client = aioredis.Redis | RedisCluster
 """A command client: one server (direct or found through Sentinel), or a cluster."""
 
-CONNECTION_ERRORS = (RedisError, OSError, TimeoutError)
-"""What a lost or unreachable Redis raises."""
+CONNECTION_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
+"""What a lost or unreachable Redis raises (a cluster: also when no node answers,
+or no master serves a slot)."""
 
 # KEYS: meta, log. ARGV: channel, epoch, fresh ("1": the epoch is new, to start
 # the session with if it has none; "2:<old epoch>": to start the session with
