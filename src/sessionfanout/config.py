@@ -15,7 +15,16 @@ from .history import HistoryLimits
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ("AuthorizeHook", "HubConfig", "SlowConsumerPolicy", "subscribers_may_abort")
+__all__ = (
+    "AuthorizeHook",
+    "HubConfig",
+    "PresenceInfoHook",
+    "SlowConsumerPolicy",
+    "subscribers_may_abort",
+)
+
+PresenceInfoHook = Callable[["Connection"], "dict[str, Any] | None"]
+"""``presence_info(connection)``: what others see of this subscriber (a JSON object)."""
 
 AuthorizeHook = Callable[["Connection", str], "bool | Awaitable[bool]"]
 """``authorize(connection, session_id)``: may this connection subscribe to that session?"""
@@ -81,6 +90,11 @@ class HubConfig:
     may_abort: AuthorizeHook | None = subscribers_may_abort
     """Decides a client's ``abort`` frame; the default allows the session's
     subscribers; None refuses every one (``forbidden``)."""
+    presence_info: PresenceInfoHook | None = None
+    """What ``presence`` frames and ``Hub.presence`` say of each subscriber,
+    asked once per connection when it connects; None: only its connection id."""
+    presence_interval: float = attrs.field(default=0.5, validator=_positive)
+    """Presence changes of a session within this long go out as one frame (seconds)."""
     client_rate: float | None = attrs.field(default=20.0, validator=_optional_positive)
     """Client frames per second each connection may send on average; None: unlimited."""
     client_burst: int = attrs.field(default=40, validator=_positive)

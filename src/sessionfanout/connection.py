@@ -185,6 +185,7 @@ class Connection:
         "context",
         "frames_sent",
         "id",
+        "info",
         "log_budget",
         "outbox",
         "parked_at",
@@ -201,6 +202,8 @@ class Connection:
         self.id = connection_id
         self.sink = sink
         self.context = context
+        self.info: dict[str, Any] | None = None
+        """What presence says of this connection (the ``presence_info`` hook's answer)."""
         self.try_send: Callable[[str], bool] | None = getattr(sink, "try_send", None)
         # Made on first need: with direct writes most connections never queue.
         self.outbox: deque[Frame] | None = None

@@ -22,6 +22,7 @@ from ..errors import BrokerUnavailable, ForgedEnvelope, InvalidArgument
 from ..history import History, SessionState
 from .listener import Listener
 from .permissions import Permissions
+from .presence import PRESENCE_TTL, SharedPresence
 from .publisher import Outgoing, Publisher
 from .runs import Runs
 from .scripts import CONNECTION_ERRORS, Names, Scripts
@@ -44,6 +45,7 @@ class _Parts:
     listener: Listener
     permissions: Permissions
     runs: Runs
+    presence: SharedPresence
 
 
 class RedisBroker:
@@ -57,15 +59,20 @@ class RedisBroker:
         secret: str | bytes | None = None,
         reconnect_max_delay: float = 5.0,
         client_name: str | None = None,
+        presence_ttl: float = PRESENCE_TTL,
     ) -> None:
         """``secret`` turns on signing (every process needs the same one);
-        ``client_name`` names this process's connections in Redis's CLIENT LIST."""
+        ``client_name`` names this process's connections in Redis's CLIENT LIST;
+        the subscribers of a process that dies leave presence within ``presence_ttl``."""
         if not isinstance(prefix, str) or not prefix or "|" in prefix:
             raise InvalidArgument("prefix must be a non-empty string without '|'")
         self.url = url
         self.prefix = prefix
         self.reconnect_max_delay = reconnect_max_delay
         self.client_name = client_name
+        if not isinstance(presence_ttl, int | float) or not 0.3 <= presence_ttl < 1e6:
+            raise InvalidArgument(f"presence_ttl must be seconds >= 0.3, got {presence_ttl!r}")
+        self.presence_ttl = float(presence_ttl)
         if secret is not None and (not isinstance(secret, str | bytes) or not secret):
             raise InvalidArgument("secret must be a non-empty str or bytes, or None")
         self._signer = Signer(secret)
@@ -106,6 +113,10 @@ class RedisBroker:
         listener.start(context.receiver, context.clock, context.task_group)
         runs = Runs(commands, names, signer)
         listener.on_control = lambda message: runs.on_abort(message, context.receiver.abort)
+        presence = SharedPresence(commands, names, signer, counters, self.presence_ttl)
+        listener.on_presence = lambda message: presence.on_announcement(
+            message, context.receiver.members_changed
+        )
         self._parts = _Parts(
             context,
             (commands, subscriber),
@@ -113,6 +124,7 @@ class RedisBroker:
             listener,
             Permissions(commands, scripts, names, signer, self._decision_read_back),
             runs,
+            presence,
         )
         try:
             await scripts.load()
@@ -130,6 +142,7 @@ class RedisBroker:
                 tg.start_soon(self._get().publisher.run, self._lost_connection)
                 tg.start_soon(self._keep_listening)
                 tg.start_soon(self._get().runs.refresh)
+                tg.start_soon(self._get().presence.run)
 
     async def _keep_listening(self) -> None:
         """The pub/sub connection, reconnected with backoff whenever it fails."""
@@ -161,6 +174,9 @@ class RedisBroker:
     def _on_connected(self) -> None:
         if self._connected.is_set():
             self._counters.reconnects += 1
+            parts = self._get()
+            for session_id in parts.listener.watching:  # announcements may be lost
+                parts.context.receiver.members_changed(session_id)
         self._available = True
         self._connected.set()
 
@@ -206,6 +222,8 @@ class RedisBroker:
             return
         self._parts.publisher.fail_all(BrokerUnavailable("the broker is closed"))
         with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(FLUSH_TIMEOUT), contextlib.suppress(BrokerUnavailable):
+                await self._parts.presence.write_pending()  # leave at once, not by expiry
             for client in self._parts.clients:
                 with contextlib.suppress(*CONNECTION_ERRORS):
                     await client.aclose()
@@ -277,3 +295,13 @@ class RedisBroker:
 
     async def abort(self, session_id: str, reason: str) -> bool:
         return await self._get().runs.abort(session_id, reason)
+
+    # -- presence -------------------------------------------------------------------
+
+    def member_changed(
+        self, session_id: str, connection_id: str, info: dict[str, Any] | None, *, present: bool
+    ) -> None:
+        self._get().presence.changed(session_id, connection_id, info, present=present)
+
+    async def remote_members(self, session_id: str) -> Mapping[str, dict[str, Any] | None]:
+        return await self._get().presence.remote(session_id)

@@ -73,6 +73,8 @@ class Listener:
         """Flush markers this process waits for on its control channel."""
         self.on_control: Callable[[str], None] = lambda message: None
         """Signed requests on the control channel (abort)."""
+        self.on_presence: Callable[[str], None] = lambda message: None
+        """Signed announcements of changed presence."""
 
     def start(
         self, receiver: Receiver, clock: Callable[[], float], task_group: anyio.abc.TaskGroup
@@ -113,7 +115,12 @@ class Listener:
         subscribed: set[str] = set()
         while True:
             wanted: dict[str, str | None] = dict.fromkeys(
-                (names.global_channel, names.permission_channel, names.control_channel)
+                (
+                    names.global_channel,
+                    names.permission_channel,
+                    names.control_channel,
+                    names.presence_channel,
+                )
             )
             wanted.update((names.channel(s), s) for s in self.watching)
             missing = {c: s for c, s in wanted.items() if c not in subscribed}
@@ -158,6 +165,8 @@ class Listener:
                 self._deliver().deliver_global(self._signer.unpack("global", data))
             elif channel == names.permission_channel:
                 self.on_decision(data)
+            elif channel == names.presence_channel:
+                self.on_presence(data)
             else:
                 session_id = names.session_of(channel)
                 seeding = self._seeding.get(session_id)

@@ -12,6 +12,8 @@ messages as in ``envelope``):
 - ``{prefix}:perm:{request}``: a permission request: ``p|<session>`` while
   pending, ``d|<signed decision>`` once answered.
 - ``{prefix}:runs:{session}``: the processes running its agent (see ``runs``).
+- ``{prefix}:presence:{session}``: its subscribers on every process, and the
+  channel ``{prefix}:presence`` announcing changes (see ``presence``).
 """
 
 from __future__ import annotations
@@ -114,12 +116,21 @@ class Names:
         when that stops being true unless refreshed (ms since the epoch)."""
         return f"{self.prefix}:runs:{session_id}"
 
+    def presence_key(self, session_id: str) -> str:
+        """A sorted set: the session's subscribers on every process, scored by
+        when their entry goes stale unless refreshed (ms since the epoch)."""
+        return f"{self.prefix}:presence:{session_id}"
+
     def control_channel_of(self, process_id: str) -> str:
         return f"{self.prefix}:control:{process_id}"
 
     @property
     def global_channel(self) -> str:
         return f"{self.prefix}:global"
+
+    @property
+    def presence_channel(self) -> str:
+        return f"{self.prefix}:presence"
 
     @property
     def permission_channel(self) -> str:

@@ -1,0 +1,221 @@
+"""Presence: who is subscribed to a session, as a snapshot and throttled diffs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from sessionfanout import Connection, Hub, HubConfig, PresenceMember, Roster
+from sessionfanout.errors import HubClosed, InvalidArgument
+from sessionfanout.testing import TestClient
+from tests.hubtools import virtual_clock
+
+pytestmark = pytest.mark.anyio
+
+Frame = dict[str, Any]
+
+
+def user_of(connection: Connection) -> dict[str, Any] | None:
+    return None if connection.context is None else {"user": connection.context}
+
+
+CONFIG = HubConfig(presence_info=user_of, presence_interval=0.5)
+
+
+def ids(members: list[Frame]) -> list[str]:
+    return [member["connectionId"] for member in members]
+
+
+def presence_frames(client: TestClient) -> list[Frame]:
+    return [frame for frame in client.frames if frame["type"] == "presence"]
+
+
+def view_of(client: TestClient, session_id: str) -> dict[str, Any]:
+    """What a watcher knows from its snapshot and every diff since."""
+    view: dict[str, Any] = {}
+    for frame in presence_frames(client):
+        if frame["sessionId"] != session_id:
+            continue
+        if "members" in frame:
+            view = {m["connectionId"]: m.get("info") for m in frame["members"]}
+            continue
+        for member in frame["left"]:
+            del view[member["connectionId"]]
+        view.update({m["connectionId"]: m.get("info") for m in frame["joined"]})
+    return view
+
+
+@virtual_clock()
+async def test_a_watcher_gets_a_snapshot_then_each_join_and_leave_once() -> None:
+    async with Hub(CONFIG) as hub:
+        alice = await TestClient.connect(hub, "alice")
+        await alice.subscribe("s", presence=True)
+        snapshot = await alice.receive(type="presence")
+        assert [{"connectionId": alice.connection.id, "info": {"user": "alice"}}] == snapshot[
+            "members"
+        ]
+        bob = await TestClient.connect(hub, "bob")
+        await bob.subscribe("s")  # a member, not a watcher
+        joined = await alice.receive(type="presence")
+        assert ([bob.connection.id], []) == (ids(joined["joined"]), joined["left"])
+        await bob.close()
+        left = await alice.receive(type="presence")
+        assert ([], [{"connectionId": bob.connection.id, "info": {"user": "bob"}}]) == (
+            left["joined"],
+            left["left"],
+        )
+        await anyio.sleep(5)
+        assert 3 == len(presence_frames(alice))
+        assert [] == presence_frames(bob)
+        assert {alice.connection.id: {"user": "alice"}} == view_of(alice, "s")
+
+
+@virtual_clock()
+async def test_joins_within_an_interval_go_out_as_one_frame() -> None:
+    async with Hub(CONFIG) as hub:
+        watcher = await TestClient.connect(hub)
+        await watcher.subscribe("s", presence=True)
+        await watcher.receive(type="presence")
+        others = [await TestClient.connect(hub) for _ in range(20)]
+        for other in others:
+            await other.subscribe("s")
+        await others[0].close()
+        await anyio.sleep(0.49)
+        assert 1 == len(presence_frames(watcher))  # only the snapshot: the diff waits
+        diff = await watcher.receive(type="presence")
+        assert sorted(o.connection.id for o in others[1:]) == ids(diff["joined"])
+        assert [] == diff["left"]  # joined and left within the interval: never seen
+
+
+@virtual_clock()
+async def test_a_join_storm_of_watchers_costs_a_snapshot_and_a_diff_each() -> None:
+    """1,000 watchers joining at once get about 2,000 frames, not a million."""
+    count = 1000
+    async with Hub(CONFIG) as hub:
+        clients = [await TestClient.connect(hub) for _ in range(count)]
+        for client in clients:
+            await client.subscribe("s", presence=True)
+        await anyio.sleep(2)
+        frames = sum(len(presence_frames(client)) for client in clients)
+        everyone = {client.connection.id: None for client in clients}
+        assert all(view_of(client, "s") == everyone for client in clients)
+    assert frames <= 2 * count
+
+
+@virtual_clock()
+async def test_hub_presence_lists_every_subscriber_with_its_info() -> None:
+    async with Hub(CONFIG) as hub:
+        assert () == await hub.presence("s")
+        alice, anonymous = await TestClient.connect(hub, "alice"), await TestClient.connect(hub)
+        await alice.subscribe("s")
+        await anonymous.subscribe("s")
+        await alice.subscribe("other")
+        expected = [
+            PresenceMember(alice.connection.id, {"user": "alice"}),
+            PresenceMember(anonymous.connection.id, None),
+        ]
+        assert sorted(expected, key=lambda m: m.connection_id) == list(await hub.presence("s"))
+        await alice.unsubscribe("s")
+        assert (PresenceMember(anonymous.connection.id),) == await hub.presence("s")
+        with pytest.raises(InvalidArgument, match="session_id"):
+            await hub.presence("")
+    with pytest.raises(HubClosed):
+        await hub.presence("s")
+
+
+@virtual_clock()
+async def test_subscribing_again_without_presence_stops_the_frames() -> None:
+    async with Hub(CONFIG) as hub:
+        watcher = await TestClient.connect(hub)
+        await watcher.subscribe("s", presence=True)
+        await watcher.subscribe("s")
+        other = await TestClient.connect(hub)
+        await other.subscribe("s")
+        await anyio.sleep(2)
+        assert 1 == len(presence_frames(watcher))
+
+
+@pytest.mark.parametrize("hook_says", ["not an object", {"n": float("nan")}, RuntimeError("x")])
+@virtual_clock()
+async def test_a_presence_info_hook_that_fails_says_nothing_and_is_counted(
+    hook_says: Any,
+) -> None:
+    def hook(connection: Connection) -> Any:
+        if isinstance(hook_says, Exception):
+            raise hook_says
+        return hook_says
+
+    async with Hub(HubConfig(presence_info=hook)) as hub:
+        client = await TestClient.connect(hub)
+        await client.subscribe("s", presence=True)
+        snapshot = await client.receive(type="presence")
+        assert [{"connectionId": client.connection.id}] == snapshot["members"]
+        assert 1 == hub.statistics().session_faults
+
+
+def test_presence_interval_is_checked() -> None:
+    with pytest.raises(InvalidArgument, match="presence_interval"):
+        HubConfig(presence_interval=0)
+
+
+class RosterModel(RuleBasedStateMachine):
+    """Every watcher's view (its snapshot plus every diff since) matches the
+    members after each report, and a report is at most one frame per watcher."""
+
+    @initialize()
+    def start(self) -> None:
+        self.roster: Roster[int] = Roster(interval=1.0)
+        self.now = 0.0
+        self.members: dict[str, Any] = {}
+        self.views: dict[int, dict[str, Any]] = {}
+        self.next_watcher = 0
+
+    @rule(member=st.sampled_from("abcdef"), info=st.none() | st.integers(0, 2))
+    def join(self, member: str, info: Any) -> None:
+        self.members[member] = None if info is None else {"i": info}
+        self.roster.changed("s", self.now)
+
+    @rule(member=st.sampled_from("abcdef"))
+    def leave(self, member: str) -> None:
+        self.members.pop(member, None)
+        self.roster.changed("s", self.now)
+
+    @rule()
+    def add_watcher(self) -> None:
+        if not self.roster.is_watched("s"):
+            self.roster.begin("s", self.members, self.now)
+        watcher, self.next_watcher = self.next_watcher, self.next_watcher + 1
+        self.views[watcher] = dict(self.roster.watch("s", watcher))
+
+    @rule(data=st.data())
+    def remove_watcher(self, data: st.DataObject) -> None:
+        if self.views:
+            watcher = data.draw(st.sampled_from(sorted(self.views)))
+            self.roster.unwatch("s", watcher)
+            del self.views[watcher]
+
+    @rule(seconds=st.sampled_from([0.25, 1.0]))
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+        for session_id in self.roster.due(self.now):
+            joined, left = self.roster.report(session_id, self.members)
+            for view in self.views.values():
+                for member in left:
+                    del view[member]
+                view.update(joined)
+
+    @invariant()
+    def views_are_right_once_nothing_is_due(self) -> None:
+        assert set(self.views) == set(self.roster.watchers("s"))
+        if self.roster.next_deadline() is None:
+            for view in self.views.values():
+                assert self.members == view
+        else:
+            assert self.roster.next_deadline() <= self.now + 1.0
+
+
+TestRosterModel = RosterModel.TestCase
