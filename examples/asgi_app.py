@@ -6,7 +6,8 @@ Routes: ``GET /`` (the demo page), ``WS /ws`` (the protocol),
 ``GET /api/sessions/{id}/events`` (the same as Server-Sent Events, see
 ``sse_routes``), ``POST /api/sessions/{id}/permissions/{requestId}``,
 ``POST /api/sessions/{id}/messages`` (start the mock agent),
-``POST /api/sessions/{id}/abort``, ``POST /api/config/changed``,
+``POST /api/sessions/{id}/abort``, ``GET /api/sessions/{id}/presence`` (who
+is subscribed, on every process), ``POST /api/config/changed``,
 ``GET /api/statistics`` (the hub's counters), ``GET /metrics`` (the same for
 Prometheus).
 """
@@ -36,11 +37,21 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from sessionfanout import MAX_ID_LENGTH, ConfigChanged, Connection, Hub, HubClosed, HubConfig
+from sessionfanout import (
+    MAX_ID_LENGTH,
+    BrokerUnavailable,
+    ConfigChanged,
+    Connection,
+    Hub,
+    HubClosed,
+    HubConfig,
+    InvalidArgument,
+)
 from sessionfanout.metrics import HubCollector
 
 DEMO = Path(__file__).parent / "demo"
 MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_NAME_LENGTH = 64
 logger = logging.getLogger("sessionfanout.examples")
 
 
@@ -67,10 +78,15 @@ async def incoming(websocket: WebSocket) -> AsyncIterator[str | bytes]:
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
+    """``/ws?name=...``: the name others see in presence (a real server takes
+    the user from its authentication instead)."""
     hub: Hub = websocket.app.state.hub
     await websocket.accept()
+    name = websocket.query_params.get("name", "")[:MAX_NAME_LENGTH]
     try:
-        await hub.serve(WebSocketSink(websocket), incoming(websocket))
+        await hub.serve(
+            WebSocketSink(websocket), incoming(websocket), {"name": name} if name else None
+        )
     except HubClosed:
         await websocket.close(1001, "server shutting down")
     except WebSocketDisconnect:
@@ -170,6 +186,23 @@ def authorize(connection: Connection, session_id: str) -> bool:
     return not session_id.startswith("private:")
 
 
+def presence_info(connection: Connection) -> dict[str, Any] | None:
+    """What others see of a subscriber: the name its connection gave, if any."""
+    context = connection.context
+    return {"name": context["name"]} if isinstance(context, dict) and "name" in context else None
+
+
+async def get_presence(request: Request) -> Response:
+    hub: Hub = request.app.state.hub
+    try:
+        members = await hub.presence(request.path_params["session_id"])
+    except InvalidArgument as exc:
+        return error(400, str(exc))
+    except BrokerUnavailable as exc:
+        return error(503, str(exc))
+    return JSONResponse({"members": [attrs.asdict(member) for member in members]})
+
+
 async def get_events(request: Request) -> Response:
     streams: Streams = request.app.state.streams
     return await streams.get_events(request)
@@ -190,13 +223,14 @@ def create_app(
     redis_url: str | None = None,
     secret: str | None = None,
     *,
+    presence_ttl: float = 30.0,
     sse_heartbeat: float = HEARTBEAT_SECONDS,
     test_endpoints: bool = False,
 ) -> Starlette:
     """The demo app; with ``redis_url``, on the Redis backplane (several
     processes). ``test_endpoints`` adds ``POST /api/test/close-streams``, which
     ends every event stream as a proxy or a restart would."""
-    config = config or HubConfig(authorize=authorize)
+    config = config or HubConfig(authorize=authorize, presence_info=presence_info)
     test_routes = [Route("/api/test/close-streams", close_streams, methods=["POST"])]
 
     @contextlib.asynccontextmanager
@@ -205,7 +239,7 @@ def create_app(
         if redis_url is not None:
             from sessionfanout.redis_broker import RedisBroker
 
-            broker = RedisBroker(redis_url, secret=secret)
+            broker = RedisBroker(redis_url, secret=secret, presence_ttl=presence_ttl)
         async with Hub(config, broker=broker) as hub, anyio.create_task_group() as agents:
             app.state.hub = hub
             # The app's own registry: /metrics shows this hub alone, and a second app in
@@ -229,6 +263,7 @@ def create_app(
             ),
             Route("/api/sessions/{session_id:path}/messages", post_message, methods=["POST"]),
             Route("/api/sessions/{session_id:path}/abort", post_abort, methods=["POST"]),
+            Route("/api/sessions/{session_id:path}/presence", get_presence),
             Route("/api/config/changed", post_config_changed, methods=["POST"]),
             Route("/api/statistics", get_statistics),
             Route("/metrics", get_metrics),
@@ -273,6 +308,13 @@ def main(argv: list[str] | None = None) -> None:
         help="sign backplane messages (default: $SESSIONFANOUT_SECRET)",
     )
     parser.add_argument(
+        "--presence-ttl",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --redis: a dead process's subscribers leave presence within this (default 30)",
+    )
+    parser.add_argument(
         "--sse-heartbeat",
         type=heartbeat_seconds,
         default=HEARTBEAT_SECONDS,
@@ -288,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         create_app(
             redis_url=args.redis,
             secret=args.secret,
+            presence_ttl=args.presence_ttl,
             sse_heartbeat=args.sse_heartbeat,
             test_endpoints=args.test_endpoints,
         ),

@@ -598,3 +598,38 @@ async def test_subscribes_at_once_on_a_process_all_get_the_sessions_state(
 def test_a_secret_that_signs_nothing_or_is_not_text_is_refused(secret: Any) -> None:
     with pytest.raises(InvalidArgument, match="secret"):
         RedisBroker("redis://127.0.0.1:1/0", secret=secret)
+
+
+async def test_presence_spans_processes_and_a_closed_one_leaves_at_once(
+    redis_server: Any,
+) -> None:
+    from sessionfanout import PresenceMember
+    from sessionfanout.testing import TestClient
+
+    def info(connection: Any) -> dict[str, Any]:
+        return {"user": connection.context}
+
+    config = HubConfig(presence_info=info, presence_interval=0.05, client_rate=None)
+    async with Hub(config, broker=RedisBroker(redis_server.url)) as a:
+        watcher = await TestClient.connect(a, "w")
+        await watcher.subscribe("room", presence=True)
+        await watcher.receive(type="presence")
+        async with Hub(config, broker=RedisBroker(redis_server.url)) as b:
+            member = await TestClient.connect(b, "m")
+            await member.subscribe("room")
+            joined = await watcher.receive(type="presence")
+            assert [{"connectionId": member.connection.id, "info": {"user": "m"}}] == joined[
+                "joined"
+            ]
+            members = await a.presence("room")
+            assert PresenceMember(member.connection.id, {"user": "m"}) in members
+            assert members == await b.presence("room")
+        left = await watcher.receive(type="presence", timeout=5)  # b shut down: no TTL wait
+        assert [member.connection.id] == [m["connectionId"] for m in left["left"]]
+        assert (PresenceMember(watcher.connection.id, {"user": "w"}),) == await a.presence("room")
+
+
+@pytest.mark.parametrize("ttl", [0, -1, "30", True, float("nan")])
+def test_a_presence_ttl_that_is_not_seconds_is_refused(ttl: Any) -> None:
+    with pytest.raises(InvalidArgument, match="presence_ttl"):
+        RedisBroker(presence_ttl=ttl)

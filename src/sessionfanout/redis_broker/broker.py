@@ -70,7 +70,8 @@ class RedisBroker:
         self.prefix = prefix
         self.reconnect_max_delay = reconnect_max_delay
         self.client_name = client_name
-        if not isinstance(presence_ttl, int | float) or not 0.3 <= presence_ttl < 1e6:
+        seconds = isinstance(presence_ttl, int | float) and not isinstance(presence_ttl, bool)
+        if not seconds or not 0.3 <= presence_ttl < 1e6:
             raise InvalidArgument(f"presence_ttl must be seconds >= 0.3, got {presence_ttl!r}")
         self.presence_ttl = float(presence_ttl)
         if secret is not None and (not isinstance(secret, str | bytes) or not secret):
