@@ -219,3 +219,15 @@ class RosterModel(RuleBasedStateMachine):
 
 
 TestRosterModel = RosterModel.TestCase
+
+
+async def test_a_server_side_subscribe_may_ask_for_presence_on_either_backend() -> None:
+    async with Hub(HubConfig(presence_interval=0.01)) as hub:
+        watcher, other = await TestClient.connect(hub), await TestClient.connect(hub)
+        await hub.subscribe(watcher.connection, "s", presence=True)
+        snapshot = await watcher.receive(type="presence")
+        assert [watcher.connection.id] == ids(snapshot["members"])
+        await hub.subscribe(other.connection, "s")
+        assert [other.connection.id] == ids((await watcher.receive(type="presence"))["joined"])
+        await hub.unsubscribe(other.connection, "s")
+        assert [other.connection.id] == ids((await watcher.receive(type="presence"))["left"])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterable, Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import anyio
 import anyio.abc
@@ -253,17 +253,20 @@ class Hub:
         epoch: str | None = None,
         *,
         from_start: bool = False,
+        presence: bool = False,
     ) -> Subscribed:
         """Subscribe a connection on the server's own authority (the ``authorize``
         hook is not asked): exactly what a client's ``subscribe`` frame does,
-        replay included (``from_start``: a late joiner, ``"from": "start"``).
-        Returns the ``subscribed`` reply the client was sent."""
+        replay included (``from_start``: a late joiner, ``"from": "start"``;
+        ``presence``: ``presence`` frames too). Returns the ``subscribed``
+        reply the client was sent."""
         if not self._running:
             raise HubClosed(NOT_RUNNING)
         self._clients.check_connected(connection)
         if not isinstance(from_start, bool) or (from_start and last_seq is not None):
             raise InvalidArgument("from_start is a bool, and excludes last_seq")
-        message = Subscribe(session_id, last_seq, epoch, "start" if from_start else None)
+        start: Literal["start"] | None = "start" if from_start else None
+        message = Subscribe(session_id, last_seq, epoch, start, presence)
         subscribed = await self._clients.subscribe(connection, message, authorize=False)
         if subscribed is None:
             raise UnknownConnection(f"{connection!r} went away while subscribing")
