@@ -45,7 +45,8 @@ from sessionfanout import (
     Hub,
     HubClosed,
     HubConfig,
-    InvalidArgument,
+    Presence,
+    encode,
 )
 from sessionfanout.metrics import HubCollector
 
@@ -179,11 +180,16 @@ async def index(request: Request) -> Response:
     return FileResponse(DEMO / "index.html")
 
 
-def authorize(connection: Connection, session_id: str) -> bool:
-    """The demo's authorization hook. A real server checks that the
-    connection's user (its ``context``) may see the session; here sessions
-    named ``private:...`` are refused, so that the refusal can be seen."""
+def may_see(session_id: str) -> bool:
+    """The demo's rule: sessions named ``private:...`` are refused, so that the
+    refusal can be seen. A real server asks whether the user may see it."""
     return not session_id.startswith("private:")
+
+
+def authorize(connection: Connection, session_id: str) -> bool:
+    """The demo's authorization hook (a real one looks at the connection's
+    ``context``, its user)."""
+    return may_see(session_id)
 
 
 def presence_info(connection: Connection) -> dict[str, Any] | None:
@@ -193,14 +199,22 @@ def presence_info(connection: Connection) -> dict[str, Any] | None:
 
 
 async def get_presence(request: Request) -> Response:
+    """The ``presence`` snapshot frame of the session, as JSON."""
     hub: Hub = request.app.state.hub
     try:
-        members = await hub.presence(request.path_params["session_id"])
-    except InvalidArgument as exc:
+        session_id = session_id_of(request)
+    except ValueError as exc:
         return error(400, str(exc))
+    if not may_see(session_id):
+        return error(403, f"not allowed to see {session_id!r:.80}")
+    try:
+        members = await hub.presence(session_id)
+    except HubClosed:
+        return error(503, "server shutting down")
     except BrokerUnavailable as exc:
         return error(503, str(exc))
-    return JSONResponse({"members": [attrs.asdict(member) for member in members]})
+    body = encode(Presence(session_id, members=members))
+    return Response(body, media_type="application/json")
 
 
 async def get_events(request: Request) -> Response:

@@ -6,10 +6,8 @@ from typing import Any
 
 import anyio
 import pytest
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from sessionfanout import Connection, Hub, HubConfig, PresenceMember, Roster
+from sessionfanout import Connection, Hub, HubConfig, PresenceMember
 from sessionfanout.errors import HubClosed, InvalidArgument
 from sessionfanout.testing import TestClient
 from tests.hubtools import virtual_clock
@@ -44,8 +42,10 @@ def view_of(client: TestClient, session_id: str) -> dict[str, Any]:
             view = {m["connectionId"]: m.get("info") for m in frame["members"]}
             continue
         for member in frame["left"]:
-            del view[member["connectionId"]]
-        view.update({m["connectionId"]: m.get("info") for m in frame["joined"]})
+            del view[member["connectionId"]]  # told of each leave once
+        for member in frame["joined"]:
+            assert member["connectionId"] not in view, "told of each join once"
+            view[member["connectionId"]] = member.get("info")
     return view
 
 
@@ -72,6 +72,25 @@ async def test_a_watcher_gets_a_snapshot_then_each_join_and_leave_once() -> None
         assert 3 == len(presence_frames(alice))
         assert [] == presence_frames(bob)
         assert {alice.connection.id: {"user": "alice"}} == view_of(alice, "s")
+
+
+@virtual_clock()
+async def test_a_watcher_that_comes_mid_interval_is_in_its_own_snapshot_and_told_once() -> None:
+    async with Hub(CONFIG) as hub:
+        first = await TestClient.connect(hub, "first")
+        await first.subscribe("s", presence=True)
+        member = await TestClient.connect(hub, "member")
+        await member.subscribe("s")
+        second = await TestClient.connect(hub, "second")
+        await second.subscribe("s", presence=True)
+        snapshot = await second.receive(type="presence")
+        everyone = sorted(c.connection.id for c in (first, member, second))
+        assert everyone == ids(snapshot["members"]), "the current members, itself included"
+        await member.close()
+        await anyio.sleep(2)
+        rest = {c.connection.id: {"user": c.connection.context} for c in (first, second)}
+        assert rest == view_of(first, "s") == view_of(second, "s")
+        assert 2 == len(presence_frames(second)), "the snapshot, then the leave"
 
 
 @virtual_clock()
@@ -157,68 +176,45 @@ async def test_a_presence_info_hook_that_fails_says_nothing_and_is_counted(
         assert 1 == hub.statistics().session_faults
 
 
-def test_presence_interval_is_checked() -> None:
-    with pytest.raises(InvalidArgument, match="presence_interval"):
-        HubConfig(presence_interval=0)
+@pytest.mark.parametrize(
+    "setting", [{"presence_interval": 0}, {"presence_interval": float("inf")},
+                {"presence_info": "not callable"}],
+)  # fmt: skip
+def test_presence_settings_are_checked(setting: dict[str, Any]) -> None:
+    with pytest.raises(InvalidArgument, match=next(iter(setting))):
+        HubConfig(**setting)
 
 
-class RosterModel(RuleBasedStateMachine):
-    """Every watcher's view (its snapshot plus every diff since) matches the
-    members after each report, and a report is at most one frame per watcher."""
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"members": (), "joined": ()}, {"joined": (), "left": ()}, {"joined": ()}],
+)
+def test_a_presence_frame_is_a_snapshot_or_a_change(fields: dict[str, Any]) -> None:
+    from sessionfanout import Presence
 
-    @initialize()
-    def start(self) -> None:
-        self.roster: Roster[int] = Roster(interval=1.0)
-        self.now = 0.0
-        self.members: dict[str, Any] = {}
-        self.views: dict[int, dict[str, Any]] = {}
-        self.next_watcher = 0
-
-    @rule(member=st.sampled_from("abcdef"), info=st.none() | st.integers(0, 2))
-    def join(self, member: str, info: Any) -> None:
-        self.members[member] = None if info is None else {"i": info}
-        self.roster.changed("s", self.now)
-
-    @rule(member=st.sampled_from("abcdef"))
-    def leave(self, member: str) -> None:
-        self.members.pop(member, None)
-        self.roster.changed("s", self.now)
-
-    @rule()
-    def add_watcher(self) -> None:
-        if not self.roster.is_watched("s"):
-            self.roster.begin("s", self.members, self.now)
-        watcher, self.next_watcher = self.next_watcher, self.next_watcher + 1
-        self.views[watcher] = dict(self.roster.watch("s", watcher))
-
-    @rule(data=st.data())
-    def remove_watcher(self, data: st.DataObject) -> None:
-        if self.views:
-            watcher = data.draw(st.sampled_from(sorted(self.views)))
-            self.roster.unwatch("s", watcher)
-            del self.views[watcher]
-
-    @rule(seconds=st.sampled_from([0.25, 1.0]))
-    def tick(self, seconds: float) -> None:
-        self.now += seconds
-        for session_id in self.roster.due(self.now):
-            joined, left = self.roster.report(session_id, self.members)
-            for view in self.views.values():
-                for member in left:
-                    del view[member]
-                view.update(joined)
-
-    @invariant()
-    def views_are_right_once_nothing_is_due(self) -> None:
-        assert set(self.views) == set(self.roster.watchers("s"))
-        if self.roster.next_deadline() is None:
-            for view in self.views.values():
-                assert self.members == view
-        else:
-            assert self.roster.next_deadline() <= self.now + 1.0
+    with pytest.raises(InvalidArgument, match="presence"):
+        Presence("s", **fields)
 
 
-TestRosterModel = RosterModel.TestCase
+@virtual_clock()
+async def test_a_failing_broker_never_ends_a_connection_and_is_counted() -> None:
+    from sessionfanout import LocalBroker
+
+    class Failing(LocalBroker):
+        def share_member(self, *args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("broken")
+
+        async def remote_members(self, session_id: str) -> Any:
+            raise RuntimeError("broken")
+
+    async with Hub(CONFIG, broker=Failing()) as hub:
+        client = await TestClient.connect(hub)
+        await client.subscribe("s", presence=True)
+        await client.unsubscribe("s")
+        await client.subscribe("s")
+        assert hub.statistics().session_faults >= 2
+        await client.close()
+        assert 0 == hub.statistics().connections, "forgotten all the same"
 
 
 async def test_a_server_side_subscribe_may_ask_for_presence_on_either_backend() -> None:

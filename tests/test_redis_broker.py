@@ -633,3 +633,42 @@ async def test_presence_spans_processes_and_a_closed_one_leaves_at_once(
 def test_a_presence_ttl_that_is_not_seconds_is_refused(ttl: Any) -> None:
     with pytest.raises(InvalidArgument, match="presence_ttl"):
         RedisBroker(presence_ttl=ttl)
+
+
+async def test_presence_is_whole_again_after_redis_restarts_empty(redis_server: Any) -> None:
+    """Redis comes back with nothing: each process writes its members again and
+    says so, so watchers end up knowing everyone, each member once."""
+    from sessionfanout.testing import TestClient
+
+    config = HubConfig(presence_interval=0.05, client_rate=None, close_timeout=1)
+
+    def broker() -> RedisBroker:
+        return RedisBroker(redis_server.url, reconnect_max_delay=0.2)
+
+    async with Hub(config, broker=broker()) as a, Hub(config, broker=broker()) as b:
+        watcher = await TestClient.connect(a)
+        await watcher.subscribe("room", presence=True)
+        member = await TestClient.connect(b)
+        await member.subscribe("room")
+        await watcher.receive(type="presence", where=lambda f: "joined" in f)
+        redis_server.kill()
+        await wait_for(lambda: not a.broker.available)
+        redis_server.start()
+        await wait_for(lambda: a.broker.available and b.broker.available, seconds=20)
+        everyone = {watcher.connection.id, member.connection.id}
+
+        async def known() -> set[str]:
+            return {m.connection_id for m in await a.presence("room")}
+
+        for _ in range(200):  # the members are written again by the next refresh
+            if await known() == everyone:
+                break
+            await anyio.sleep(0.05)
+        await anyio.sleep(0.5)  # the last diff is out
+        view: set[str] = set()
+        for frame in watcher.frames:
+            if frame["type"] == "presence":
+                view = {m["connectionId"] for m in frame.get("members", [])} or view
+                view -= {m["connectionId"] for m in frame.get("left", [])}
+                view |= {m["connectionId"] for m in frame.get("joined", [])}
+        assert everyone == view

@@ -58,7 +58,7 @@ class Receiver(Protocol):
     def abort(self, session_id: str, reason: str) -> bool:
         """Another process asks to stop the session's agent if it runs here."""
 
-    def members_changed(self, session_id: str) -> None:
+    def remote_members_changed(self, session_id: str) -> None:
         """Another process's subscribers of the session changed (presence)."""
 
 
@@ -147,11 +147,11 @@ class Broker(Protocol):
         """Ask the processes running the session's agent to stop it (through
         their ``Receiver.abort``); False when none runs it."""
 
-    def member_changed(
+    def share_member(
         self, session_id: str, connection_id: str, info: JsonObject | None, *, present: bool
     ) -> None:
         """A local subscription began (``present``) or ended: tell the other
-        processes, soon and in batches (their ``Receiver.members_changed``)."""
+        processes, soon and in batches (their ``Receiver.remote_members_changed``)."""
 
     async def remote_members(self, session_id: str) -> Mapping[str, JsonObject | None]:
         """The session's subscribers on other live processes: connection id ->
@@ -254,7 +254,7 @@ class LocalBroker:
     async def abort(self, session_id: str, reason: str) -> bool:
         return False
 
-    def member_changed(
+    def share_member(
         self, session_id: str, connection_id: str, info: JsonObject | None, *, present: bool
     ) -> None:
         pass  # one process: the hub knows its own subscribers

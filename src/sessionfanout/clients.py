@@ -111,7 +111,7 @@ class Clients:
         if try_send is not None and not callable(try_send):
             raise InvalidArgument(f"sink.try_send must be callable, got {describe(try_send)}")
         connection = Connection(secrets.token_urlsafe(9), sink, context)
-        connection.info = self._presence.info_of(connection)
+        connection.presence_info = self._presence.info_of(connection)
         config = self._config
         if config.client_rate is not None:
             connection.rate = TokenBucket(config.client_rate, config.client_burst, self.clock())
@@ -186,7 +186,7 @@ class Clients:
                 self._broker.unwatch(session_id)  # went away, or subscribed meanwhile
         if not registry.is_connected(connection):
             return None
-        # No await from here on: the replay and live events cannot interleave.
+        # No await until the replay is queued: replay and live events cannot interleave.
         state = self._broker.state(session_id)
         replay: Sequence[str] | None = None
         if message.from_ == "start":  # a late joiner: all the history holds
@@ -204,7 +204,8 @@ class Clients:
         self._delivery.reply(connection, subscribed)
         for text in replay or ():
             self._delivery.fan_out((connection,), text, session_id)
-        await self._presence.subscribed(connection, session_id, joins, bool(message.presence))
+        watches = bool(message.presence)
+        await self._presence.subscribed(connection, session_id, joins=joins, watches=watches)
         return subscribed
 
     def end_subscription(self, connection: Connection, session_id: str) -> bool:
@@ -212,10 +213,10 @@ class Clients:
         if not self._registry.is_subscribed(connection, session_id):
             return False
         self._registry.unsubscribe(connection, session_id)
-        self.ended(connection, session_id)
+        self.subscription_ended(connection, session_id)
         return True
 
-    def ended(self, connection: Connection, session_id: str) -> None:
+    def subscription_ended(self, connection: Connection, session_id: str) -> None:
         """A subscription ended (by ``end_subscription``, or with its connection)."""
         self._broker.unwatch(session_id)
         self._presence.left(connection, session_id)

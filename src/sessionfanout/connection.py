@@ -185,10 +185,10 @@ class Connection:
         "context",
         "frames_sent",
         "id",
-        "info",
         "log_budget",
         "outbox",
         "parked_at",
+        "presence_info",
         "queued_bytes",
         "rate",
         "sink",
@@ -202,7 +202,7 @@ class Connection:
         self.id = connection_id
         self.sink = sink
         self.context = context
-        self.info: dict[str, Any] | None = None
+        self.presence_info: dict[str, Any] | None = None
         """What presence says of this connection (the ``presence_info`` hook's answer)."""
         self.try_send: Callable[[str], bool] | None = getattr(sink, "try_send", None)
         # Made on first need: with direct writes most connections never queue.

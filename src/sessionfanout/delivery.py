@@ -305,7 +305,7 @@ class BrokerReceiver:
         counters: Counters,
         contain: Contain,
         abort: Callable[[str, str], bool],
-        members_changed: Callable[[str], None],
+        remote_members_changed: Callable[[str], None],
     ) -> None:
         self._delivery = delivery
         self._broker = broker
@@ -315,7 +315,7 @@ class BrokerReceiver:
         self.deliver_global = delivery.deliver_global
         self.decided = approvals.decided
         self.abort = abort
-        self.members_changed = members_changed
+        self.remote_members_changed = remote_members_changed
 
     def resync(self, session_id: str) -> None:
         """``subscribed`` with ``resumed: false`` tells each subscriber to reload

@@ -199,7 +199,7 @@ class PresenceMember:
     """One subscriber of a session, on any process: its connection id and what
     the ``presence_info`` hook said of it (None: nothing)."""
 
-    connection_id: str = attrs.field(validator=a_string)
+    connection_id: str = attrs.field(validator=an_id)
     info: dict[str, Any] | None = attrs.field(default=None, validator=_info)
 
 
@@ -223,6 +223,15 @@ class Presence:
     members: tuple[PresenceMember, ...] | None = attrs.field(default=None, validator=_members)
     joined: tuple[PresenceMember, ...] | None = attrs.field(default=None, validator=_members)
     left: tuple[PresenceMember, ...] | None = attrs.field(default=None, validator=_members)
+
+    def __attrs_post_init__(self) -> None:
+        if self.members is not None:
+            if self.joined is not None or self.left is not None:
+                raise InvalidArgument("presence: a snapshot ('members') has no 'joined' or 'left'")
+        elif self.joined is None or self.left is None or not (self.joined or self.left):
+            raise InvalidArgument(
+                "presence: give 'members', or 'joined' and 'left' (not both empty)"
+            )
 
 
 @attrs.frozen

@@ -122,7 +122,7 @@ class Hub:
         self._clients = Clients(
             config, self._registry, delivery, self.broker, counters, self._presence
         )
-        delivery.unsubscribed = self._clients.ended
+        delivery.unsubscribed = self._clients.subscription_ended
         self._publisher = Publisher(config, self.broker, counters, self._contain)
         self._approvals = Approvals(self.broker, self._publish_in_order, self._contain)
         self._runs = agent_runner.Runs(self.broker)
@@ -153,7 +153,7 @@ class Hub:
             self._counters,
             self._contain,
             self._runs.abort,
-            self._presence.changed,
+            self._presence.remote_changed,
         )
         context = BrokerContext(receiver, self._approvals.table, task_group, runtime.clock, limits)
         try:
@@ -165,6 +165,7 @@ class Hub:
             raise
         self._running = True
         task_group.start_soon(self._scheduler.run, runtime, name="sessionfanout scheduler")
+        self._presence.start(runtime)
         task_group.start_soon(self._presence.run, runtime, name="sessionfanout presence")
         return self
 

@@ -6,12 +6,17 @@ subscription registry; members on other processes come from the broker,
 which also shares this process's joins and leaves. A subscriber that asked
 for presence (a watcher) gets a snapshot, then throttled diffs: ``Roster``
 keeps what watchers were told and when they are due to hear more; one task
-here sends what is due, so a broker that must be asked over the network never
-holds up the hub's scheduler.
+here sends what is due, so a broker that must be asked over the network
+never holds up the hub's scheduler.
+
+Presence is a courtesy, not a stream of record: an unexpected error in its
+work is contained (logged, counted) and never ends a connection or the hub.
+While other processes cannot be asked, their members are taken as last read.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -57,52 +62,68 @@ class PresenceKeeper:
         self._broker = broker
         self._contain = contain
         self.roster: Roster[Connection] = Roster(config.presence_interval)
-        self._clock: Callable[[], float] = lambda: 0.0
+        self._remote: dict[str, Members] = {}
+        """The last members read from other processes, per watched session."""
+        self._outage = False
+        self._clock: Callable[[], float] = anyio.current_time
         self._wakeup: Wakeup | None = None
         self._wake_at = math.inf
 
+    def start(self, runtime: Runtime) -> None:
+        self._clock = runtime.clock
+
     def info_of(self, connection: Connection) -> dict[str, Any] | None:
-        """What the ``presence_info`` hook says of a new connection; a hook that
-        fails or says something that is not a JSON object says nothing."""
+        """What the ``presence_info`` hook says of a new connection, copied (the
+        application may change its dict later); a hook that fails, or says
+        something that is not a JSON object, says nothing."""
         hook = self._config.presence_info
         if hook is None:
             return None
         try:
             info = hook(connection)
-            if info is not None and (not isinstance(info, dict) or json_problem(info)):
+            if info is None:
+                return None
+            if not isinstance(info, dict) or json_problem(info):
                 raise TypeError(f"presence_info must return a JSON object, got {describe(info)}")
+            copy: dict[str, Any] = json.loads(json.dumps(info))
+            return copy
         except Exception as exc:
-            self._contain(None, f"the presence_info hook for {connection.id}", exc)
+            self._contain(None, "the presence_info hook", exc, connection.id)
             return None
-        return info
 
     # -- changes -------------------------------------------------------------
 
     async def subscribed(
-        self, connection: Connection, session_id: str, joins: bool, watches: bool
+        self, connection: Connection, session_id: str, *, joins: bool, watches: bool
     ) -> None:
         """A subscribe succeeded: a new member ``joins``; a watcher (re)starts
         with a snapshot; a subscribe without presence stops watching."""
-        if joins:
-            self.joined(connection, session_id)
-        if watches:
-            await self.watch(connection, session_id)
-        else:
-            self.roster.unwatch(session_id, connection)
-
-    def joined(self, connection: Connection, session_id: str) -> None:
-        """A subscription began here."""
-        self._broker.member_changed(session_id, connection.id, connection.info, present=True)
-        self.changed(session_id)
+        try:
+            if joins:
+                self._change(connection, session_id, present=True)
+            if watches:
+                await self._watch(connection, session_id)
+            else:
+                self._unwatch(connection, session_id)
+        except Exception as exc:
+            self._contain(session_id, "presence", exc, connection.id)
 
     def left(self, connection: Connection, session_id: str) -> None:
         """A subscription ended here (the connection also stops watching)."""
-        self._broker.member_changed(session_id, connection.id, connection.info, present=False)
-        self.roster.unwatch(session_id, connection)
-        self.changed(session_id)
+        try:
+            self._unwatch(connection, session_id)
+            self._change(connection, session_id, present=False)
+        except Exception as exc:
+            self._contain(session_id, "presence", exc, connection.id)
 
-    def changed(self, session_id: str) -> None:
-        """Members changed, here or on another process (``Receiver.members_changed``)."""
+    def _change(self, connection: Connection, session_id: str, *, present: bool) -> None:
+        info = connection.presence_info
+        self._broker.share_member(session_id, connection.id, info, present=present)
+        self.roster.local_change(session_id, connection.id, info, self._clock(), present=present)
+        self._wake_by(self.roster.next_deadline())
+
+    def remote_changed(self, session_id: str) -> None:
+        """Members on another process changed (``Receiver.remote_members_changed``)."""
         roster = self.roster
         if roster.is_watched(session_id):
             roster.changed(session_id, self._clock())
@@ -111,22 +132,32 @@ class PresenceKeeper:
     # -- members and watchers ---------------------------------------------------
 
     def local(self, session_id: str) -> Members:
-        return {c.id: c.info for c in self._registry.sinks_of(session_id)}
+        return {c.id: c.presence_info for c in self._registry.sinks_of(session_id)}
 
     async def members(self, session_id: str) -> Members:
         """Every process's members; ``BrokerUnavailable`` when others cannot be asked."""
         remote = await self._broker.remote_members(session_id)
         return {**remote, **self.local(session_id)}
 
-    async def watch(self, connection: Connection, session_id: str) -> None:
-        """Send a subscriber its snapshot; it gets the diffs from now on."""
+    async def _current(self, session_id: str) -> Members:
+        """Every process's members, the others' as last read when they cannot be asked."""
+        try:
+            remote = await self._broker.remote_members(session_id)
+        except BrokerUnavailable as exc:
+            if not self._outage:
+                logger.info("presence of other processes unavailable: %s", exc)
+            self._outage = True
+            remote = self._remote.get(session_id, {})
+        else:
+            self._outage = False
+            if self.roster.is_watched(session_id):
+                self._remote[session_id] = remote
+        return {**remote, **self.local(session_id)}
+
+    async def _watch(self, connection: Connection, session_id: str) -> None:
         roster = self.roster
         if not roster.is_watched(session_id):
-            try:
-                current = await self.members(session_id)
-            except BrokerUnavailable as exc:  # the next diff tells the rest
-                logger.info("presence of other processes unavailable: %s", exc)
-                current = self.local(session_id)
+            current = await self._current(session_id)
             if not self._registry.is_subscribed(connection, session_id):
                 return  # left meanwhile
             roster.begin(session_id, current, self._clock())
@@ -134,17 +165,18 @@ class PresenceKeeper:
         snapshot = roster.watch(session_id, connection)
         self._delivery.reply(connection, Presence(session_id, members=as_members(snapshot)))
 
+    def _unwatch(self, connection: Connection, session_id: str) -> None:
+        self.roster.unwatch(session_id, connection)
+        if not self.roster.is_watched(session_id):
+            self._remote.pop(session_id, None)
+
     # -- the task that sends diffs ------------------------------------------------
 
     async def run(self, runtime: Runtime) -> None:
-        self._clock = runtime.clock
         while True:
             for session_id in self.roster.due(runtime.clock()):
                 try:
                     await self._report(session_id)
-                except BrokerUnavailable as exc:
-                    logger.info("presence of %r delayed: %s", session_id, exc)
-                    self.roster.changed(session_id, runtime.clock())  # try again
                 except Exception as exc:
                     self._contain(session_id, "reporting presence", exc)
             deadline = self.roster.next_deadline()
@@ -160,9 +192,10 @@ class PresenceKeeper:
                 self._wakeup.set()
 
     async def _report(self, session_id: str) -> None:
-        current = await self.members(session_id)
-        joined, left = self.roster.report(session_id, current)
-        watchers = tuple(self.roster.watchers(session_id))
-        if (joined or left) and watchers:
-            frame = Presence(session_id, joined=as_members(joined), left=as_members(left))
-            self._delivery.fan_out(watchers, encode(frame), session_id)
+        generation = self.roster.generation(session_id)
+        if generation is None:
+            return
+        current = await self._current(session_id)
+        for diff in self.roster.report(session_id, current, generation):
+            frame = Presence(session_id, joined=as_members(diff.joined), left=as_members(diff.left))
+            self._delivery.fan_out(diff.watchers, encode(frame), session_id)

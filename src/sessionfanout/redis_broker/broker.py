@@ -116,7 +116,7 @@ class RedisBroker:
         listener.on_control = lambda message: runs.on_abort(message, context.receiver.abort)
         presence = SharedPresence(commands, names, signer, counters, self.presence_ttl)
         listener.on_presence = lambda message: presence.on_announcement(
-            message, context.receiver.members_changed
+            message, context.receiver.remote_members_changed
         )
         self._parts = _Parts(
             context,
@@ -176,8 +176,9 @@ class RedisBroker:
         if self._connected.is_set():
             self._counters.reconnects += 1
             parts = self._get()
+            parts.presence.refresh_soon()
             for session_id in parts.listener.watching:  # announcements may be lost
-                parts.context.receiver.members_changed(session_id)
+                parts.context.receiver.remote_members_changed(session_id)
         self._available = True
         self._connected.set()
 
@@ -224,7 +225,7 @@ class RedisBroker:
         self._parts.publisher.fail_all(BrokerUnavailable("the broker is closed"))
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(FLUSH_TIMEOUT), contextlib.suppress(BrokerUnavailable):
-                await self._parts.presence.write_pending()  # leave at once, not by expiry
+                await self._parts.presence.close()
             for client in self._parts.clients:
                 with contextlib.suppress(*CONNECTION_ERRORS):
                     await client.aclose()
@@ -299,10 +300,10 @@ class RedisBroker:
 
     # -- presence -------------------------------------------------------------------
 
-    def member_changed(
+    def share_member(
         self, session_id: str, connection_id: str, info: dict[str, Any] | None, *, present: bool
     ) -> None:
-        self._get().presence.changed(session_id, connection_id, info, present=present)
+        self._get().presence.share(session_id, connection_id, info, present=present)
 
     async def remote_members(self, session_id: str) -> Mapping[str, dict[str, Any] | None]:
         return await self._get().presence.remote(session_id)

@@ -9,17 +9,22 @@ entries of a process that died go stale by themselves.
 - Joins and leaves are written in batches, a moment after the first of
   them, and each batch is announced on the ``presence`` channel (the ids of
   the sessions it changed): processes with subscribers of those sessions
-  read them again (``Receiver.members_changed``).
+  read them again (``Receiver.remote_members_changed``).
 - Each refresh also removes the stale entries of the sessions this process
-  has subscribers of, and announces the sessions where it removed some.
-  That is how the members of a process that died are seen to leave: within
-  ``ttl`` of its death, as long as one process with a subscriber lives.
+  has subscribers of, and announces the sessions where it removed some, or
+  had to add its own again (Redis lost them). That is how the members of a
+  process that died are seen to leave: within ``ttl`` of its death, as long
+  as one process with a subscriber lives.
+
+Expiry scores are wall-clock milliseconds: the processes' clocks must agree
+to well within ``ttl`` (as NTP keeps them).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -67,40 +72,63 @@ class SharedPresence:
         self._local: dict[str, dict[str, str]] = {}
         """Session -> connection id -> entry, of this process's subscribers."""
         self._pending: dict[str, dict[str, _Change]] = {}
+        self._unannounced: set[str] = set()
+        """Sessions whose members changed in Redis but no announcement went out yet."""
+        self._refresh_at = anyio.current_time() + ttl / 3
         self._wake = anyio.Event()
 
     # -- this process's subscribers -----------------------------------------------
 
-    def changed(self, session_id: str, connection_id: str, info: Info, *, present: bool) -> None:
-        body = json.dumps([self._names.process_id, connection_id, info], separators=(",", ":"))
-        entry = self._signer.pack(f"presence:{session_id}", body)
+    def share(self, session_id: str, connection_id: str, info: Info, *, present: bool) -> None:
         local = self._local.setdefault(session_id, {})
         if present:
-            local[connection_id] = entry
-        else:
-            local.pop(connection_id, None)
+            body = json.dumps([self._names.process_id, connection_id, info], separators=(",", ":"))
+            entry = local[connection_id] = self._signer.pack(f"presence:{session_id}", body)
+        else:  # remove exactly what was added
+            entry = local.pop(connection_id, "")
             if not local:
                 del self._local[session_id]
-        self._pending.setdefault(session_id, {})[connection_id] = (entry, present)
+        if entry:
+            self._pending.setdefault(session_id, {})[connection_id] = (entry, present)
+            self._wake.set()
+
+    def refresh_soon(self) -> None:
+        """Redis may have lost every entry (a restart): write ours again now."""
+        self._refresh_at = -math.inf
         self._wake.set()
 
     async def run(self) -> None:
         """Write joins and leaves as they come; refresh and clean up on time."""
-        refresh_at = anyio.current_time() + self._ttl_ms / 3000
+        delay = GATHER
         while True:
-            with anyio.move_on_after(refresh_at - anyio.current_time()):
+            with anyio.move_on_after(self._refresh_at - anyio.current_time()):
                 await self._wake.wait()
                 await anyio.sleep(GATHER)
             self._wake = anyio.Event()
             try:
-                if anyio.current_time() >= refresh_at:
-                    refresh_at = anyio.current_time() + self._ttl_ms / 3000
+                if anyio.current_time() >= self._refresh_at:
+                    self._refresh_at = anyio.current_time() + self._ttl_ms / 3000
                     await self._refresh()
-                if self._pending:
+                if self._pending or self._unannounced:
                     await self.write_pending()
-            except BrokerUnavailable as exc:
-                logger.info("presence not shared for now: %s", exc)
-                await anyio.sleep(GATHER)
+                delay = GATHER
+            except Exception as exc:  # never ends the broker; tried again soon
+                if isinstance(exc, BrokerUnavailable):
+                    logger.info("presence not shared for now: %s", exc)
+                else:
+                    logger.error("sharing presence failed", exc_info=exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, self._ttl_ms / 6000)
+                self._wake.set()
+
+    async def close(self) -> None:
+        """Shutting down: write the last leaves now, so that this process's
+        members leave at once, not by expiry (a write that the shutdown
+        interrupted puts its changes back, and they go again here)."""
+        for _ in range(3):
+            if not self._pending and not self._unannounced:
+                return
+            await self.write_pending()
 
     async def write_pending(self) -> None:
         pending, self._pending = self._pending, {}
@@ -116,16 +144,22 @@ class SharedPresence:
                     if added:
                         pipe.zadd(key, added)
                         pipe.pexpire(key, self._ttl_ms)
-                self._announce(pipe, list(pending))
+                self._announce(pipe, self._unannounced.union(pending))
                 await pipe.execute()
-        except CONNECTION_ERRORS as exc:
+            self._unannounced.clear()
+        except BaseException as exc:
             for session_id, changes in pending.items():  # again, unless superseded
                 newer = self._pending.setdefault(session_id, {})
                 for connection_id, change in changes.items():
                     newer.setdefault(connection_id, change)
-            raise BrokerUnavailable(f"cannot share presence: {exc}") from exc
+            if isinstance(exc, CONNECTION_ERRORS):
+                raise BrokerUnavailable(f"cannot share presence: {exc}") from exc
+            raise
 
     async def _refresh(self) -> None:
+        """Keep this process's entries alive (writing them again if Redis lost
+        them), and remove the entries of processes that died, in the sessions
+        this process has subscribers of; announce the sessions that changed."""
         now = _now_ms()
         expires = now + self._ttl_ms * 2 // 3
         sessions = list(self._local)
@@ -133,21 +167,21 @@ class SharedPresence:
             async with self._client.pipeline(transaction=False) as pipe:
                 for session_id in sessions:
                     key = self._names.presence_key(session_id)
-                    entries = dict.fromkeys(self._local[session_id].values(), expires)
-                    pipe.zadd(key, entries)
+                    pipe.zadd(key, dict.fromkeys(self._local[session_id].values(), expires))
                     pipe.pexpire(key, self._ttl_ms)
                     pipe.zremrangebyscore(key, "-inf", now)  # processes that died
                 results = await pipe.execute()
-                stale = [s for s, removed in zip(sessions, results[2::3], strict=True) if removed]
-                if stale:
-                    self._announce(pipe, stale)
-                    await pipe.execute()
         except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"cannot refresh presence: {exc}") from exc
+        for index, session_id in enumerate(sessions):
+            added, removed = results[3 * index], results[3 * index + 2]
+            if added or removed:
+                self._unannounced.add(session_id)
 
-    def _announce(self, pipe: Any, sessions: list[str]) -> None:
-        body = json.dumps(sessions, separators=(",", ":"))
-        pipe.publish(self._names.presence_channel, self._signer.pack("presence", body))
+    def _announce(self, pipe: Any, sessions: set[str]) -> None:
+        if sessions:
+            body = json.dumps(sorted(sessions), separators=(",", ":"))
+            pipe.publish(self._names.presence_channel, self._signer.pack("presence", body))
 
     # -- other processes' subscribers -----------------------------------------------
 
