@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 APT_GET := $(shell command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo) apt-get
 
-.PHONY: demo test test-fast test-slow lint typecheck bench compare system-deps clean
+.PHONY: demo test test-fast test-slow lint typecheck bench compare e2e system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ test-fast: $(STAMP)
 
 test-slow: $(STAMP) $(TSC) system-deps
 	$(BIN)/python -m pytest -q -m 'slow or browser'
+
+# End to end over real sockets: uvicorn servers, WebSocket client processes.
+e2e: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/e2e.py
 
 bench: $(STAMP) system-deps
 	$(BIN)/pip install --quiet -e '.[bench]'
