@@ -16,7 +16,7 @@ APT_GET := $(shell command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && ec
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[redis,prometheus,examples,dev]'
+	$(BIN)/pip install --quiet -e '.[redis,prometheus,examples,dev,bench]'
 	touch $(STAMP)
 
 # TypeScript's checker, for the JSDoc types of the browser client (from npm).
@@ -54,18 +54,15 @@ test-slow: $(STAMP) $(TSC) system-deps
 
 # End to end over real sockets: uvicorn servers, WebSocket client processes.
 e2e: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/e2e.py
 
 bench: $(STAMP) system-deps
-	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/core.py
 	$(BIN)/python benchmarks/fanout.py
 	$(BIN)/python benchmarks/backplane.py
 
 # Every alternative side by side; the full run takes a while (Channels is slow).
 compare: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/compare.py
 
 clean:

@@ -45,10 +45,11 @@ import attrs
 import httpx
 
 HERE = Path(__file__).resolve().parent
-IMPLS = ("sf", "sf0", "bare", "broadcaster", "socketio")
+IMPLS = ("sf", "sf0", "sf-plain", "bare", "broadcaster", "socketio")
 LABELS = {
     "sf": "sessionfanout, 50 ms batching",
     "sf0": "sessionfanout, batch_interval=0",
+    "sf-plain": "sessionfanout, batch_interval=0, no try_send",
     "bare": "bare Starlette loop",
     "broadcaster": "broadcaster + Starlette",
     "socketio": "python-socketio ASGI",
@@ -187,10 +188,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+PROFILE: list[str] = []
+"""--profile: a folder for each server's cProfile statistics."""
+
+
 @contextmanager
 def server(impl: str) -> Iterator[int]:
     port = free_port()
     args = [sys.executable, str(HERE / "e2e_server.py"), "--impl", impl, "--port", str(port)]
+    if PROFILE:
+        args += ["--profile", str(Path(PROFILE[0]) / f"{impl}.prof")]
     process = subprocess.Popen(args, cwd=HERE.parent)
     try:
         deadline = time.monotonic() + 30
@@ -332,12 +339,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
     parser.add_argument("--loads", nargs="+", default=["100x2", "20x20", "saturation"])
+    parser.add_argument("--duration", type=float, help="seconds the producers run (default 10)")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    parser.add_argument("--profile", metavar="DIR", help="profile each server (cProfile) into DIR")
     args = parser.parse_args()
+    if args.profile:
+        PROFILE.append(args.profile)
     if args.client:
         asyncio.run(client_main(json.loads(args.client)))
         return
-    duration = 4.0 if args.quick else 10.0
+    duration = args.duration or (4.0 if args.quick else 10.0)
     loads = {
         "100x2": Load("100x2", 100, 2, 50, duration),
         "20x20": Load("20x20", 20, 20, 50, duration),

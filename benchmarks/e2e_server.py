@@ -17,6 +17,8 @@ Implementations (``--impl``):
 - ``sf``: sessionfanout as the example app runs it: ``HubConfig()``'s 50 ms
   batching, its Starlette ``WebSocketSink`` adapter and ``incoming``.
 - ``sf0``: the same with ``batch_interval=0``: a frame per token.
+- ``sf-plain``: ``sf0`` with the adapter's baseline, ``PlainWebSocketSink``
+  (no ``try_send``: every frame through the connection's writer task).
 - ``bare``: a Starlette loop, ``await ws.send_text`` to each subscriber in
   turn. No isolation: one slow client holds up the others. The floor.
 - ``broadcaster``: encode/broadcaster's memory backend under Starlette: a
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import inspect
 import json
 import resource
@@ -47,7 +50,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
-IMPLS = ("sf", "sf0", "bare", "broadcaster", "socketio")
+IMPLS = ("sf", "sf0", "sf-plain", "bare", "broadcaster", "socketio")
 
 Emit = Callable[[str, str], Awaitable[None]]
 
@@ -92,17 +95,18 @@ def common_routes(emit: Callable[[], Emit]) -> list[Route]:
     return [Route("/start", start, methods=["POST"]), Route("/cpu", cpu)]
 
 
-def sessionfanout_app(batch_interval: float) -> Starlette:
-    from asgi_app import WebSocketSink, incoming  # the example app's adapter
+def sessionfanout_app(batch_interval: float, *, plain: bool = False) -> Starlette:
+    from asgi_app import PlainWebSocketSink, WebSocketSink, incoming  # the example app's
 
     from sessionfanout import Hub, HubConfig
 
     hub = Hub(HubConfig(batch_interval=batch_interval))
+    adapter = PlainWebSocketSink if plain else WebSocketSink
 
     async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.accept()
         with contextlib.suppress(WebSocketDisconnect):
-            await hub.serve(WebSocketSink(websocket), incoming(websocket))
+            await hub.serve(adapter(websocket), incoming(websocket))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -207,8 +211,8 @@ def socketio_app() -> Any:
 
 
 def make_app(impl: str) -> Any:
-    if impl in ("sf", "sf0"):
-        return sessionfanout_app(0.05 if impl == "sf" else 0.0)
+    if impl in ("sf", "sf0", "sf-plain"):
+        return sessionfanout_app(0.05 if impl == "sf" else 0.0, plain=impl == "sf-plain")
     return {"bare": bare_app, "broadcaster": broadcaster_app, "socketio": socketio_app}[impl]()
 
 
@@ -216,15 +220,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impl", choices=IMPLS, required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--profile", metavar="FILE", help="write cProfile statistics here")
     args = parser.parse_args()
+    app = make_app(args.impl)
+    if args.profile:
+        app = profiled(app, args.profile)
     uvicorn.run(
-        make_app(args.impl),
-        host="127.0.0.1",
-        port=args.port,
-        log_level="warning",
-        lifespan="on",
-        loop="asyncio",
+        app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="on", loop="asyncio"
     )
+
+
+def profiled(app: Any, path: str) -> Any:
+    """``app`` under cProfile, its statistics written when the server shuts down."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+
+    async def wrapper(scope: Any, receive: Any, send: Any) -> None:
+        async def send_then_write(message: Any) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                profiler.disable()
+                profiler.dump_stats(path)
+            await send(message)
+
+        await app(scope, receive, send_then_write if scope["type"] == "lifespan" else send)
+
+    return wrapper
 
 
 if __name__ == "__main__":

@@ -15,11 +15,13 @@ Prometheus).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,49 @@ logger = logging.getLogger("sessionfanout.examples")
 
 
 class WebSocketSink:
-    """The whole transport adapter: a Starlette WebSocket as a Sink."""
+    """The whole transport adapter: a Starlette WebSocket as a Sink.
+
+    ``try_send`` lets the hub write a frame without a task switch: it runs the
+    socket's ``send`` up to its first pause. Under uvicorn a send finishes
+    right there unless the socket's buffer is full; one that must wait is
+    finished by a task of its own, and until it is done ``try_send`` says no,
+    so the hub queues what follows for ``send``, which waits its turn.
+    ``benchmarks/e2e.py`` shows what it saves (``sf`` against ``sf-plain``).
+    """
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+        self._unfinished: asyncio.Task[None] | None = None
+
+    def try_send(self, text: str) -> bool:
+        if self._unfinished is not None:
+            return False
+        step = self.websocket.send({"type": "websocket.send", "text": text})
+        try:
+            waiting = step.send(None)
+        except StopIteration:
+            return True
+        self._unfinished = asyncio.ensure_future(self._finish(step, waiting))
+        return True
+
+    async def _finish(self, step: Coroutine[Any, Any, None], waiting: Any) -> None:
+        try:
+            await finish_send(step, waiting)
+        finally:
+            self._unfinished = None
+
+    async def send(self, text: str) -> None:
+        if self._unfinished is not None:
+            await self._unfinished
+        await self.websocket.send_text(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.websocket.close(code, reason)
+
+
+class PlainWebSocketSink:
+    """The same adapter without ``try_send``: every frame through the
+    connection's writer task (the baseline ``benchmarks/e2e.py`` measures)."""
 
     def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
@@ -67,6 +111,26 @@ class WebSocketSink:
 
     async def close(self, code: int, reason: str) -> None:
         await self.websocket.close(code, reason)
+
+
+async def finish_send(step: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Run a coroutine on from its first pause, as the task running it would:
+    wait for the future it yielded (None: yield to the loop), resume it, again
+    until it returns; a cancellation is passed in."""
+    while True:
+        try:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.wait((waiting,))
+        except asyncio.CancelledError as exc:
+            resume = functools.partial(step.throw, exc)
+        else:
+            resume = functools.partial(step.send, None)
+        try:
+            waiting = resume()
+        except StopIteration:
+            return
 
 
 async def incoming(websocket: WebSocket) -> AsyncIterator[str | bytes]:
