@@ -338,7 +338,10 @@ class Hub:
             raise BrokerUnavailable("the backplane is unavailable; the delta was not accepted")
         now = self._clock()
         self._publisher.add_delta(session_id, text, turn_id, now)
-        self._scheduler.wake_by(now + self._publisher.shortest_wait)
+        if self._publisher.shortest_wait:
+            self._scheduler.wake_by(now + self._publisher.shortest_wait)
+        else:  # no batching: out now, not on the scheduler's next turn
+            self._publisher.flush(session_id)
 
     async def flush_delta(self, session_id: str) -> None:
         """Send the session's pending delta text now."""
