@@ -46,6 +46,8 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 IMPLS = ("sf", "sf0", "sf-plain", "bare", "broadcaster", "socketio")
+"""What a run compares (``e2e_server.py`` also has ``producers``, measured
+with every paced load: what the producers cost by themselves)."""
 LABELS = {
     "sf": "sessionfanout, 50 ms batching",
     "sf0": "sessionfanout, batch_interval=0",
@@ -223,6 +225,18 @@ def server_cpu(port: int) -> float:
     return float(httpx.get(f"http://127.0.0.1:{port}/cpu", timeout=10).json()["cpu"])
 
 
+def producers_cpu(load: Load) -> float:
+    """CPU seconds the producers of a paced load cost by themselves."""
+    with server("producers") as port:
+        cpu0 = server_cpu(port)
+        spec = {"sessions": [f"s{n}" for n in range(load.sessions)], "rate": load.rate}
+        httpx.post(f"http://127.0.0.1:{port}/start", json={**spec, "duration": load.duration})
+        time.sleep(load.duration)
+        while httpx.get(f"http://127.0.0.1:{port}/cpu", timeout=10).json()["producing"]:
+            time.sleep(0.05)
+        return server_cpu(port) - cpu0
+
+
 def run_once(impl: str, load: Load) -> dict[str, Any]:
     sessions = [f"s{n}" for n in range(load.sessions)]
     connections = [s for s in sessions for _ in range(load.subscribers)]
@@ -290,6 +304,7 @@ def summarise(
         "tokens": tokens,
         "tokens_per_s": tokens / window,
         "cpu_ms_per_1000": 1e6 * server_seconds / max(tokens, 1),
+        "cpu_seconds": server_seconds,
         "server_cpu_share": server_seconds / window,
         "p50": percentile(latencies, 0.5),
         "p99": percentile(latencies, 0.99),
@@ -302,8 +317,8 @@ def summarise(
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = [k for k, v in runs[0].items() if isinstance(v, int | float) and k != "verified"]
     summary = {k: statistics.median(r[k] for r in runs) for k in keys}
-    summary["verified"] = all(r["verified"] for r in runs)
-    summary["client_bound"] = any(r["client_cpu_share"] > 0.9 for r in runs)
+    summary["verified"] = all(r.get("verified", True) for r in runs)
+    summary["client_bound"] = any(r.get("client_cpu_share", 0) > 0.9 for r in runs)
     return summary
 
 
@@ -316,6 +331,8 @@ def print_table(load: Load, summaries: dict[str, dict[str, Any]]) -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for impl, s in summaries.items():
+        if impl == "producers":
+            continue
         bound = " (client-bound)" if s["client_bound"] else ""
         print(
             f"| {LABELS[impl]} | {s['cpu_ms_per_1000']:.1f} | {s['tokens_per_s']:,.0f}"
@@ -324,12 +341,24 @@ def print_table(load: Load, summaries: dict[str, dict[str, Any]]) -> None:
             f" | {'yes' if s['verified'] else 'NO'} |"
         )
     base = summaries.get("bare")
+    delivering = {impl: s for impl, s in summaries.items() if impl != "producers"}
     if base:
         ratios = ", ".join(
             f"{impl} {s['cpu_ms_per_1000'] / base['cpu_ms_per_1000']:.2f}x"
-            for impl, s in summaries.items()
+            for impl, s in delivering.items()
         )
         print(f"CPU per token relative to the bare loop: {ratios}")
+    producers = summaries.get("producers")
+    if producers and base:
+        own = producers["cpu_seconds"]
+        print(
+            f"The producers alone cost {1e6 * own / base['tokens']:.1f} ms per 1,000 delivered"
+            " tokens of that; less that, relative to the bare loop: "
+            + ", ".join(
+                f"{impl} {(s['cpu_seconds'] - own) / (base['cpu_seconds'] - own):.2f}x"
+                for impl, s in delivering.items()
+            )
+        )
 
 
 def main() -> None:
@@ -364,7 +393,9 @@ def main() -> None:
             order = args.impls[repeat % len(args.impls) :] + args.impls[: repeat % len(args.impls)]
             for impl in order:
                 runs[impl].append(run_once(impl, load))
-        summaries = {impl: median_of(runs[impl]) for impl in args.impls}
+            if load.rate:
+                runs.setdefault("producers", []).append({"cpu_seconds": producers_cpu(load)})
+        summaries = {impl: median_of(runs[impl]) for impl in runs}
         print_table(load, summaries)
         everything[name] = summaries
     if args.json:

@@ -24,6 +24,8 @@ Implementations (``--impl``):
 - ``broadcaster``: encode/broadcaster's memory backend under Starlette: a
   queue and a forwarding task per subscription.
 - ``socketio``: python-socketio's ASGI app, ``emit(room=session)``.
+- ``producers``: the producers alone (a token goes nowhere), for what they
+  cost by themselves: the same in every server above.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
-IMPLS = ("sf", "sf0", "sf-plain", "bare", "broadcaster", "socketio")
+IMPLS = ("sf", "sf0", "sf-plain", "bare", "broadcaster", "socketio", "producers")
 
 Emit = Callable[[str, str], Awaitable[None]]
 
@@ -90,9 +92,16 @@ def common_routes(emit: Callable[[], Emit]) -> list[Route]:
 
     async def cpu(request: Request) -> Response:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return JSONResponse({"cpu": usage.ru_utime + usage.ru_stime})
+        return JSONResponse({"cpu": usage.ru_utime + usage.ru_stime, "producing": len(producers)})
 
     return [Route("/start", start, methods=["POST"]), Route("/cpu", cpu)]
+
+
+def producers_app() -> Starlette:
+    async def emit(session_id: str, text: str) -> None:
+        pass
+
+    return Starlette(routes=common_routes(lambda: emit))
 
 
 def sessionfanout_app(batch_interval: float, *, plain: bool = False) -> Starlette:
@@ -213,7 +222,8 @@ def socketio_app() -> Any:
 def make_app(impl: str) -> Any:
     if impl in ("sf", "sf0", "sf-plain"):
         return sessionfanout_app(0.05 if impl == "sf" else 0.0, plain=impl == "sf-plain")
-    return {"bare": bare_app, "broadcaster": broadcaster_app, "socketio": socketio_app}[impl]()
+    apps = {"bare": bare_app, "broadcaster": broadcaster_app, "socketio": socketio_app}
+    return {**apps, "producers": producers_app}[impl]()
 
 
 def main() -> None:
