@@ -11,12 +11,12 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 APT_GET := $(shell command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo) apt-get
 
-.PHONY: demo test test-fast test-slow lint typecheck bench compare system-deps clean
+.PHONY: demo test test-fast test-slow lint typecheck bench compare e2e system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[redis,prometheus,examples,dev]'
+	$(BIN)/pip install --quiet -e '.[redis,prometheus,examples,dev,bench]'
 	touch $(STAMP)
 
 # TypeScript's checker, for the JSDoc types of the browser client (from npm).
@@ -52,15 +52,17 @@ test-fast: $(STAMP)
 test-slow: $(STAMP) $(TSC) system-deps
 	$(BIN)/python -m pytest -q -m 'slow or browser'
 
+# End to end over real sockets: uvicorn servers, WebSocket client processes.
+e2e: $(STAMP)
+	$(BIN)/python benchmarks/e2e.py
+
 bench: $(STAMP) system-deps
-	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/core.py
 	$(BIN)/python benchmarks/fanout.py
 	$(BIN)/python benchmarks/backplane.py
 
 # Every alternative side by side; the full run takes a while (Channels is slow).
 compare: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/compare.py
 
 clean:

@@ -4,6 +4,7 @@ permission answers as POST requests.
     GET  /api/sessions/{id}/events                    text/event-stream
          Last-Event-ID: <epoch>:<seq>  (or ?lastEventId=)  resume
          ?from=start                                        late joiner
+         ?presence=true                                     presence frames too
     POST /api/sessions/{id}/permissions/{requestId}  {"connectionId", "allowed", "alwaysAllow"?}
 
 A stream is a hub connection like a WebSocket's: the same ``connected`` and
@@ -139,6 +140,7 @@ class Streams:
                 last_seq,
                 epoch,
                 from_start=from_start and last_seq is None,
+                presence=request.query_params.get("presence") == "true",
             )
             self.open[connection.id] = (connection, sink)
             streaming = True

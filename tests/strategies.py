@@ -52,18 +52,27 @@ session_events: st.SearchStrategy[Any] = st.one_of(
     ),
     st.builds(ev.PermissionTimeout, ids, ids, seqs),
 )
+members = st.lists(
+    st.builds(ev.PresenceMember, ids.filter(lambda i: len(i) <= 256), st.none() | tool_inputs),
+    max_size=3,
+).map(tuple)
 server_events: st.SearchStrategy[Any] = st.one_of(
     session_events,
     st.builds(ev.ConfigChanged, st.sampled_from(["config", "theme"])),
     st.builds(ev.Connected, counts, ids),
     st.builds(ev.Subscribed, ids, counts, st.text(), st.booleans()),
     st.builds(ev.Unsubscribed, ids, optional_text),
+    st.builds(ev.Presence, ids, members),
+    st.builds(ev.Presence, ids, st.none(), members.filter(bool), members),
+    st.builds(ev.Presence, ids, st.none(), members, members.filter(bool)),
     st.builds(
         ev.ClientError, st.sampled_from(sorted(CLIENT_ERROR_CODES)), st.text(), optional_text
     ),
 )
 client_messages: st.SearchStrategy[Any] = st.one_of(
-    st.builds(ev.Subscribe, ids, st.none() | counts, st.none() | st.text()),
+    st.builds(
+        ev.Subscribe, ids, st.none() | counts, st.none() | st.text(), st.none(), optional_bool
+    ),
     st.builds(ev.Unsubscribe, ids),
     st.builds(ev.PermissionResponse, ids, st.booleans(), optional_bool),
 )

@@ -105,6 +105,18 @@ def test_the_theme_button_reaches_every_open_page(server: str, browser: Any) -> 
         page.close()
 
 
+def test_pages_on_one_session_see_how_many_watch_it(server: str, browser: Any) -> None:
+    pages = [browser.new_page() for _ in range(2)]
+    for page in pages:
+        page.goto(f"{server}/#presence-session")
+        page.wait_for_selector(".status-connected")
+    for page in pages:
+        page.wait_for_function("document.querySelector('#watching').textContent == '2 watching'")
+    pages[1].close()
+    pages[0].wait_for_function("document.querySelector('#watching').textContent == '1 watching'")
+    pages[0].close()
+
+
 def test_the_demo_page_on_server_sent_events_streams_answers_and_resumes_by_itself(
     server: str, browser: Any, tmp_path: Path
 ) -> None:

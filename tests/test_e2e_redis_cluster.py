@@ -171,6 +171,25 @@ def test_a_client_resumes_on_the_other_process(cluster: Cluster, apps: tuple[str
     again.close()
 
 
+def test_an_agent_is_stopped_from_the_other_process(
+    cluster: Cluster, apps: tuple[str, str]
+) -> None:
+    a, b = apps
+    [session_id, *_] = by_shard(cluster, 1, "e2e-abort").popitem()[1]
+    watcher = Client(ws_url(b))
+    watcher.subscribe(session_id)
+    post(a, f"/api/sessions/{session_id}/messages",
+         {"message": "x" * 2000, "deltas": 2000, "deltaIntervalMs": 5})  # fmt: skip
+    watcher.recv_until(lambda f: f["type"] == "text_delta")
+    assert 409 == post(b, f"/api/sessions/{session_id}/messages", {"message": "me too"}).status_code
+    assert 202 == post(b, f"/api/sessions/{session_id}/abort", {}).status_code
+    watcher.recv_until(lambda f: f["type"] == "complete")
+    events = session_frames(watcher.frames, session_id)
+    assert ["error", "complete"] == [f["type"] for f in events[-2:]]
+    assert "aborted" == events[-2]["error"]
+    watcher.close()
+
+
 def check_gap_free_or_reload(frames: list[Frame], session_id: str) -> None:
     """Seq 1..n each once, except that after a ``resumed: false`` it starts again
     from the seq that frame names."""

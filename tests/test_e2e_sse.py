@@ -192,3 +192,20 @@ def test_closing_every_stream_is_a_test_only_endpoint(server: str) -> None:
     with pytest.raises(EOFError):
         client.until(lambda f: False)
     client.close()
+
+
+def test_a_stream_with_presence_sees_who_joins_over_a_websocket(server: str) -> None:
+    session = unique("sse-presence")
+    stream = SseClient(server, session, presence="true")
+    snapshot = stream.until(lambda f: f["type"] == "presence")[-1]
+    assert 1 == len(snapshot["members"]), "itself"
+    websocket = Client(ws_url(server) + "?name=ada")
+    websocket.subscribe(session)
+    joined = stream.until(lambda f: f["type"] == "presence")[-1]
+    assert [{"name": "ada"}] == [member["info"] for member in joined["joined"]]
+    websocket.close()
+    left = stream.until(lambda f: f["type"] == "presence")[-1]
+    assert [{"name": "ada"}] == [member["info"] for member in left["left"]]
+    ids = [event_id for event_id, frame in stream.events if frame["type"] == "presence"]
+    assert [None, None, None] == ids, "presence events carry no id: they are not resumed"
+    stream.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -84,6 +85,63 @@ def test_the_watcher_skips_what_it_printed_and_says_when_history_is_gone() -> No
         watcher.subscribe_frame()
         == '{"type": "subscribe", "sessionId": "s", "lastSeq": 9, "epoch": "e2"}'
     )
+
+
+class PausingWebSocket:
+    """A Starlette WebSocket stand-in whose ``send`` pauses while ``full``
+    (a socket whose buffer is full), as uvicorn's does."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.full: Any = None
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.full is not None:
+            await self.full
+        self.sent.append(message["text"])
+
+    async def send_text(self, text: str) -> None:
+        await self.send({"type": "websocket.send", "text": text})
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_adapters_direct_write_finishes_a_paused_send_before_the_next(
+    anyio_backend: str,
+) -> None:
+    import asyncio
+
+    from asgi_app import WebSocketSink
+
+    websocket = PausingWebSocket()
+    sink = WebSocketSink(cast(Any, websocket))
+    assert sink.try_send("a"), "written at once"
+    websocket.full = asyncio.get_running_loop().create_future()
+    assert sink.try_send("b"), "taken: it finishes in a task of its own"
+    assert not sink.try_send("c"), "not before the paused one is done"
+    later = asyncio.ensure_future(sink.send("c"))
+    await asyncio.sleep(0.01)
+    assert ["a"] == websocket.sent
+    websocket.full.set_result(None)
+    websocket.full = None
+    await later
+    assert ["a", "b", "c"] == websocket.sent
+    assert sink.try_send("d")
+    assert ["a", "b", "c", "d"] == websocket.sent
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_paused_direct_write_that_fails_fails_the_next_send(anyio_backend: str) -> None:
+    import asyncio
+
+    from asgi_app import WebSocketSink
+
+    websocket = PausingWebSocket()
+    sink = WebSocketSink(cast(Any, websocket))
+    websocket.full = asyncio.get_running_loop().create_future()
+    assert sink.try_send("a")
+    websocket.full.set_exception(ConnectionResetError("gone"))
+    with pytest.raises(ConnectionResetError):
+        await sink.send("b")
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from sessionfanout import (
     ToolResult,
     ToolStart,
 )
+from sessionfanout.testing import TestClient
 from tests.hubtools import (
     BrokenSink,
     DirectSink,
@@ -395,3 +396,13 @@ async def test_an_idle_writer_retires_and_a_new_one_starts_when_needed() -> None
         assert 0 == hub.statistics().writers
     assert ["0", "1", "2"] == [f["toolUseId"] for f in sink.of_type("tool_result")]
     assert (1001, "server shutting down") == sink.closed
+
+
+async def test_without_batching_a_delta_is_sent_before_queue_delta_returns() -> None:
+    async with Hub(HubConfig(batch_interval=0)) as hub:
+        client = await TestClient.connect(hub, direct=True)
+        await client.subscribe("s")
+        for word in ("one ", "two "):
+            await hub.queue_delta("s", word)
+            assert word == client.frames[-1]["delta"], "no batching: one frame per delta, at once"
+        assert 0 == hub.statistics().pending_deltas

@@ -23,6 +23,7 @@ EXPECTED = {
     "Subscribe", "Subscribed", "SubscriptionRegistry", "TextComplete", "TextDelta", "ToolResult",
     "ToolStart", "UnknownAgentEvent", "UnknownConnection", "UnknownEventPolicy", "Unsubscribe",
     "Unsubscribed", "decode_client", "decode_server", "encode", "encode_delta", "with_seq",
+    "Presence", "PresenceInfoHook", "PresenceMember", "Roster",
 }  # fmt: skip
 
 

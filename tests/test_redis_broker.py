@@ -661,3 +661,77 @@ async def test_a_store_found_behind_on_reconnect_tells_clients_to_reload(
     assert [("new", 8)] == [
         (f["result"], f["seq"]) for f in sink_a.frames[sink_a.frames.index(reload) + 1 :]
     ]
+
+
+async def test_presence_spans_processes_and_a_closed_one_leaves_at_once(
+    redis_server: Any,
+) -> None:
+    from sessionfanout import PresenceMember
+    from sessionfanout.testing import TestClient
+
+    def info(connection: Any) -> dict[str, Any]:
+        return {"user": connection.context}
+
+    config = HubConfig(presence_info=info, presence_interval=0.05, client_rate=None)
+    async with Hub(config, broker=RedisBroker(redis_server.url)) as a:
+        watcher = await TestClient.connect(a, "w")
+        await watcher.subscribe("room", presence=True)
+        await watcher.receive(type="presence")
+        async with Hub(config, broker=RedisBroker(redis_server.url)) as b:
+            member = await TestClient.connect(b, "m")
+            await member.subscribe("room")
+            joined = await watcher.receive(type="presence")
+            assert [{"connectionId": member.connection.id, "info": {"user": "m"}}] == joined[
+                "joined"
+            ]
+            members = await a.presence("room")
+            assert PresenceMember(member.connection.id, {"user": "m"}) in members
+            assert members == await b.presence("room")
+        left = await watcher.receive(type="presence", timeout=5)  # b shut down: no TTL wait
+        assert [member.connection.id] == [m["connectionId"] for m in left["left"]]
+        assert (PresenceMember(watcher.connection.id, {"user": "w"}),) == await a.presence("room")
+
+
+@pytest.mark.parametrize("ttl", [0, -1, "30", True, float("nan")])
+def test_a_presence_ttl_that_is_not_seconds_is_refused(ttl: Any) -> None:
+    with pytest.raises(InvalidArgument, match="presence_ttl"):
+        RedisBroker(presence_ttl=ttl)
+
+
+async def test_presence_is_whole_again_after_redis_restarts_empty(redis_server: Any) -> None:
+    """Redis comes back with nothing: each process writes its members again and
+    says so, so watchers end up knowing everyone, each member once."""
+    from sessionfanout.testing import TestClient
+
+    config = HubConfig(presence_interval=0.05, client_rate=None, close_timeout=1)
+
+    def broker() -> RedisBroker:
+        return RedisBroker(redis_server.url, reconnect_max_delay=0.2)
+
+    async with Hub(config, broker=broker()) as a, Hub(config, broker=broker()) as b:
+        watcher = await TestClient.connect(a)
+        await watcher.subscribe("room", presence=True)
+        member = await TestClient.connect(b)
+        await member.subscribe("room")
+        await watcher.receive(type="presence", where=lambda f: "joined" in f)
+        redis_server.kill()
+        await wait_for(lambda: not a.broker.available)
+        redis_server.start()
+        await wait_for(lambda: a.broker.available and b.broker.available, seconds=20)
+        everyone = {watcher.connection.id, member.connection.id}
+
+        async def known() -> set[str]:
+            return {m.connection_id for m in await a.presence("room")}
+
+        for _ in range(200):  # the members are written again by the next refresh
+            if await known() == everyone:
+                break
+            await anyio.sleep(0.05)
+        await anyio.sleep(0.5)  # the last diff is out
+        view: set[str] = set()
+        for frame in watcher.frames:
+            if frame["type"] == "presence":
+                view = {m["connectionId"] for m in frame.get("members", [])} or view
+                view -= {m["connectionId"] for m in frame.get("left", [])}
+                view |= {m["connectionId"] for m in frame.get("joined", [])}
+        assert everyone == view

@@ -17,7 +17,7 @@ import anyio
 import pytest
 from redis.crc import key_slot
 
-from sessionfanout import BrokerUnavailable, Complete, Hub, HubConfig, ToolResult
+from sessionfanout import BrokerUnavailable, Complete, ConfigChanged, Hub, HubConfig, ToolResult
 from sessionfanout.redis_broker import RedisBroker
 from sessionfanout.redis_broker.scripts import Names
 from tests.hubtools import RecordingSink, connect, subscribe, wait_for
@@ -106,9 +106,13 @@ async def test_streams_on_every_shard_reach_both_processes_in_order(cluster: Clu
                 )
         for session_id in sessions:
             await b.broadcast_to_session(session_id, Complete(session_id))
+        await a.broadcast_global(ConfigChanged("theme"))
         for sink in (sink_a, sink_b):
             await wait_for(lambda sink=sink: len(sink.of_type("complete")) == len(sessions))
+            await wait_for(lambda sink=sink: bool(sink.of_type("config_changed")))
+        await anyio.sleep(0.2)
     for sink in (sink_a, sink_b):
+        assert 1 == len(sink.of_type("config_changed")), "every process, once"
         for session_id in sessions:
             frames = events(sink, session_id)
             assert list(range(1, 32)) == [f["seq"] for f in frames]
@@ -169,6 +173,32 @@ async def test_a_session_whose_slot_moves_mid_stream_loses_nothing(cluster: Clus
     assert [] == failed
     for sink in sinks:
         assert not check_delivered(sink, session_id, sent), "nothing lost: no reload"
+
+
+async def test_presence_spans_processes_on_every_shard(cluster: Cluster) -> None:
+    from sessionfanout import PresenceMember
+    from sessionfanout.testing import TestClient
+
+    def info(connection: Any) -> dict[str, Any]:
+        return {"user": connection.context}
+
+    sessions = [group[0] for group in by_shard(cluster, 1, "presence").values()]
+    config = HubConfig(presence_info=info, presence_interval=0.05, client_rate=None)
+    async with Hub(config, broker=RedisBroker(cluster.url)) as a:
+        watcher = await TestClient.connect(a, "w")
+        for session_id in sessions:
+            await watcher.subscribe(session_id, presence=True)
+            await watcher.receive(type="presence")
+        async with Hub(config, broker=RedisBroker(cluster.url)) as b:
+            member = await TestClient.connect(b, "m")
+            for session_id in sessions:
+                await member.subscribe(session_id)
+                joined = await watcher.receive(type="presence")
+                assert member.connection.id == joined["joined"][0]["connectionId"]
+            for session_id in sessions:
+                members = await a.presence(session_id)
+                assert PresenceMember(member.connection.id, {"user": "m"}) in members
+                assert members == await b.presence(session_id)
 
 
 def check_delivered(sink: RecordingSink, session_id: str, sent: list[str]) -> bool:

@@ -51,7 +51,7 @@ function viewOf(sessionId) {
   let view = state.views.get(sessionId);
   if (!view) {
     view = {
-      id: sessionId, running: false, session: null,
+      id: sessionId, running: false, session: null, watching: 0,
       root: el("div", "view"), turns: new Map(), tools: new Map(), permissions: new Map(),
     };
     view.root.style.display = "contents";
@@ -65,6 +65,10 @@ function viewOf(sessionId) {
     view.session = client.subscribe(sessionId, {
       onEvent: (frame) => onEvent(view, frame),
       onSubscribed: () => renderMeta(),
+      onPresence: (members) => {
+        view.watching = members.length;
+        renderMeta();
+      },
       onReload: (gap) => {
         if (view.id === state.current) {
           notice(`Events ${gap.from}–${gap.to} are no longer available; showing new events from here.`);
@@ -112,6 +116,7 @@ function renderMeta() {
   const session = view && view.session;
   $("session-meta").textContent = session && session.epoch
     ? `seq ${session.lastSeq ?? 0} · epoch ${session.epoch}` : "";
+  $("watching").textContent = view && view.watching ? `${view.watching} watching` : "";
   $("counters").textContent = `${state.frames} frames received`;
 }
 

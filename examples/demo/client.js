@@ -29,6 +29,13 @@
  * @property {(info: {sessionId: string, from: number, to: number}) => void} [onReload]
  *   events from..to can no longer be replayed (resumed: false): reload by other means
  * @property {(frame: Frame) => void} [onSubscribed] the server's subscribed reply
+ * @property {(members: PresenceMember[]) => void} [onPresence] who is subscribed, on
+ *   every process, each time that changes (given, the client asks for presence)
+ */
+
+/**
+ * A subscriber of a session, as presence tells it.
+ * @typedef {{connectionId: string, info?: {[field: string]: any}}} PresenceMember
  */
 
 /**
@@ -51,6 +58,7 @@
  * @property {SessionHandlers} handlers
  * @property {EventSource | null} source its stream, on "sse"
  * @property {string | null} connectionId its stream's connection, on "sse"
+ * @property {Map<string, PresenceMember>} members who is subscribed, by connection id
  */
 
 const EVENT_TYPES = [
@@ -121,7 +129,10 @@ export class SessionFanoutClient {
       session.handlers = handlers;
       return session;
     }
-    session = { id: sessionId, lastSeq: null, epoch: null, handlers, source: null, connectionId: null };
+    session = {
+      id: sessionId, lastSeq: null, epoch: null, handlers, source: null, connectionId: null,
+      members: new Map(),
+    };
     this.sessions.set(sessionId, session);
     if (this.transport === "sse") this.openStream(session);
     else this.sendSubscribe(session);
@@ -199,6 +210,7 @@ export class SessionFanoutClient {
     } else {
       frame.from = "start"; // a late joiner: everything the server still holds
     }
+    if (session.handlers.onPresence) frame.presence = true;
     this.send(frame);
   }
 
@@ -208,7 +220,8 @@ export class SessionFanoutClient {
     const path = `${this.base}/api/sessions/${encodeURIComponent(session.id)}/events`;
     const query = session.lastSeq !== null && session.epoch
       ? `?lastEventId=${encodeURIComponent(`${session.epoch}:${session.lastSeq}`)}` : "?from=start";
-    const source = new EventSource(path + query);
+    const presence = session.handlers.onPresence ? "&presence=true" : "";
+    const source = new EventSource(path + query + presence);
     session.source = source;
     source.onopen = () => this.status("connected");
     source.onerror = () => {
@@ -264,10 +277,30 @@ export class SessionFanoutClient {
       return;
     }
     if (frame.type === "unsubscribed") return;
+    if (frame.type === "presence") {
+      this.onPresence(session, frame);
+      return;
+    }
     if (typeof frame.seq === "number") {
       if (session.lastSeq !== null && frame.seq <= session.lastSeq) return; // had it
       session.lastSeq = frame.seq;
     }
     session.handlers.onEvent?.(frame);
+  }
+
+  /**
+   * A snapshot replaces the members; a diff applies to them.
+   * @param {Session} session
+   * @param {Frame} frame
+   */
+  onPresence(session, frame) {
+    /** @type {(members: PresenceMember[] | undefined) => PresenceMember[]} */
+    const list = (members) => members || [];
+    if (frame.members) session.members = new Map();
+    for (const member of list(frame.left)) session.members.delete(member.connectionId);
+    for (const member of list(frame.members).concat(list(frame.joined))) {
+      session.members.set(member.connectionId, member);
+    }
+    session.handlers.onPresence?.([...session.members.values()]);
   }
 }

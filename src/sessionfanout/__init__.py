@@ -29,7 +29,13 @@ from .codec import (
     encode_delta,
     with_seq,
 )
-from .config import AuthorizeHook, HubConfig, SlowConsumerPolicy, subscribers_may_abort
+from .config import (
+    AuthorizeHook,
+    HubConfig,
+    PresenceInfoHook,
+    SlowConsumerPolicy,
+    subscribers_may_abort,
+)
 from .connection import Connection, Sink
 from .envelope import Envelope, Signer
 from .errors import (
@@ -57,6 +63,8 @@ from .events import (
     PermissionRequestInfo,
     PermissionResponse,
     PermissionTimeout,
+    Presence,
+    PresenceMember,
     ServerEvent,
     SessionEvent,
     Subscribe,
@@ -72,6 +80,7 @@ from .history import History, HistoryLimits, Recorded, SessionState
 from .hub import Hub
 from .permissions import PendingPermission, PendingPermissions, PermissionBroker
 from .registry import SubscriptionRegistry
+from .roster import Roster
 from .stats import ConnectionStatistics, HubStatistics
 from .transformer import EventTransformer, Handler, UnknownEventPolicy
 
@@ -126,9 +135,13 @@ __all__ = (
     "PermissionRequestInfo",
     "PermissionResponse",
     "PermissionTimeout",
+    "Presence",
+    "PresenceInfoHook",
+    "PresenceMember",
     "ProtocolError",
     "Receiver",
     "Recorded",
+    "Roster",
     "ServerEvent",
     "SessionEvent",
     "SessionFanoutError",

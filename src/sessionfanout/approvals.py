@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import anyio
 import attrs
@@ -28,7 +29,18 @@ __all__ = ()
 logger = logging.getLogger("sessionfanout")
 
 Publish = Callable[[SessionEvent], Awaitable[None]]
-Contain = Callable[[str | None, str, BaseException], None]
+
+
+class Contain(Protocol):
+    """The hub's containment rule (``hub.Containment``): log, count, go on."""
+
+    def __call__(
+        self,
+        session_id: str | None,
+        work: str,
+        exc: BaseException,
+        connection_id: str | None = None,
+    ) -> None: ...
 
 
 @attrs.define

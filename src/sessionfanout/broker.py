@@ -24,7 +24,7 @@ Rules every broker keeps:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -35,6 +35,8 @@ from .history import History, HistoryLimits, SessionState
 from .permissions import PendingPermissions
 
 __all__ = ("Broker", "BrokerContext", "LocalBroker", "Receiver")
+
+JsonObject = dict[str, Any]
 
 
 class Receiver(Protocol):
@@ -55,6 +57,9 @@ class Receiver(Protocol):
 
     def abort(self, session_id: str, reason: str) -> bool:
         """Another process asks to stop the session's agent if it runs here."""
+
+    def remote_members_changed(self, session_id: str) -> None:
+        """Another process's subscribers of the session changed (presence)."""
 
 
 @attrs.frozen
@@ -141,6 +146,16 @@ class Broker(Protocol):
     async def abort(self, session_id: str, reason: str) -> bool:
         """Ask the processes running the session's agent to stop it (through
         their ``Receiver.abort``); False when none runs it."""
+
+    def share_member(
+        self, session_id: str, connection_id: str, info: JsonObject | None, *, present: bool
+    ) -> None:
+        """A local subscription began (``present``) or ended: tell the other
+        processes, soon and in batches (their ``Receiver.remote_members_changed``)."""
+
+    async def remote_members(self, session_id: str) -> Mapping[str, JsonObject | None]:
+        """The session's subscribers on other live processes: connection id ->
+        info. A process that dies drops out after a while by itself."""
 
     def statistics(self) -> Mapping[str, int]: ...
 
@@ -238,6 +253,14 @@ class LocalBroker:
 
     async def abort(self, session_id: str, reason: str) -> bool:
         return False
+
+    def share_member(
+        self, session_id: str, connection_id: str, info: JsonObject | None, *, present: bool
+    ) -> None:
+        pass  # one process: the hub knows its own subscribers
+
+    async def remote_members(self, session_id: str) -> Mapping[str, JsonObject | None]:
+        return {}
 
     def statistics(self) -> Mapping[str, int]:
         return {}

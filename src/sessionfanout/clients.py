@@ -37,6 +37,7 @@ from .events import (
     Unsubscribe,
     Unsubscribed,
 )
+from .presence import PresenceKeeper
 from .ratelimit import TokenBucket
 from .registry import SubscriptionRegistry
 from .stats import Counters
@@ -75,12 +76,14 @@ class Clients:
         delivery: Delivery,
         broker: Broker,
         counters: Counters,
+        presence: PresenceKeeper,
     ) -> None:
         self._config = config
         self._registry = registry
         self._delivery = delivery
         self._broker = broker
         self._counters = counters
+        self._presence = presence
         self.custom: dict[str, CustomFrameHandler] = {}
         self.clock: Callable[[], float] = time.monotonic
         """The hub's clock, once it runs (for rate limits)."""
@@ -108,6 +111,7 @@ class Clients:
         if try_send is not None and not callable(try_send):
             raise InvalidArgument(f"sink.try_send must be callable, got {describe(try_send)}")
         connection = Connection(secrets.token_urlsafe(9), sink, context)
+        connection.presence_info = self._presence.info_of(connection)
         config = self._config
         if config.client_rate is not None:
             connection.rate = TokenBucket(config.client_rate, config.client_burst, self.clock())
@@ -182,7 +186,7 @@ class Clients:
                 self._broker.unwatch(session_id)  # went away, or subscribed meanwhile
         if not registry.is_connected(connection):
             return None
-        # No await from here on: the replay and live events cannot interleave.
+        # No await until the replay is queued: replay and live events cannot interleave.
         state = self._broker.state(session_id)
         replay: Sequence[str] | None = None
         if message.from_ == "start":  # a late joiner: all the history holds
@@ -193,12 +197,15 @@ class Clients:
             resumed, first_seq = replay is not None, message.last_seq + 1
         else:
             resumed = False
+        joins = not registry.is_subscribed(connection, session_id)
         registry.subscribe(connection, session_id)
         first = first_seq if replay else None
         subscribed = Subscribed(session_id, state.seq, state.epoch, resumed, first)
         self._delivery.reply(connection, subscribed)
         for text in replay or ():
             self._delivery.fan_out((connection,), text, session_id)
+        watches = bool(message.presence)
+        await self._presence.subscribed(connection, session_id, joins=joins, watches=watches)
         return subscribed
 
     def end_subscription(self, connection: Connection, session_id: str) -> bool:
@@ -206,8 +213,13 @@ class Clients:
         if not self._registry.is_subscribed(connection, session_id):
             return False
         self._registry.unsubscribe(connection, session_id)
-        self._broker.unwatch(session_id)
+        self.subscription_ended(connection, session_id)
         return True
+
+    def subscription_ended(self, connection: Connection, session_id: str) -> None:
+        """A subscription ended (by ``end_subscription``, or with its connection)."""
+        self._broker.unwatch(session_id)
+        self._presence.left(connection, session_id)
 
     def _may_log(self, connection: Connection) -> bool:
         """A connection may cause a few log records, then one every so often: a

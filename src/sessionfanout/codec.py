@@ -35,6 +35,7 @@ from .events import (
     PermissionRequest,
     PermissionResponse,
     PermissionTimeout,
+    Presence,
     ServerEvent,
     Subscribe,
     Subscribed,
@@ -75,6 +76,7 @@ SERVER_TYPES: Final[dict[str, type[Any]]] = {
         ConfigChanged,
         Subscribed,
         Unsubscribed,
+        Presence,
         ClientError,
     )
 }
@@ -177,6 +179,23 @@ def unstructure(event: ServerEvent) -> dict[str, Any]:
     return {"type": event.TYPE, **hook(event)}
 
 
+def _value_expression(kind: Any, index: int, namespace: dict[str, Any]) -> str:
+    """The JSON of a field of type ``kind`` as an expression of ``{v}``."""
+    if kind is str or typing.get_origin(kind) is typing.Literal:
+        return "esc({v})"
+    if kind is bool:
+        return "('true' if {v} else 'false')"
+    if kind is int:
+        return "str({v})"
+    if attrs.has(kind):
+        namespace[f"nested{index}"] = _compile_encoder(kind, top=False)
+        return f"nested{index}({{v}})"
+    if typing.get_origin(kind) is tuple:  # tuple[SomeAttrsClass, ...]
+        namespace[f"nested{index}"] = _compile_encoder(typing.get_args(kind)[0], top=False)
+        return f"'[' + ','.join(map(nested{index}, {{v}})) + ']'"
+    return "dumps({v})"
+
+
 def _compile_encoder(cls: type[Any], *, top: bool) -> Callable[[Any], str]:
     """Source for ``encode`` of one class, compiled once.
 
@@ -198,17 +217,7 @@ def _compile_encoder(cls: type[Any], *, top: bool) -> Callable[[Any], str]:
         optional = type(None) in typing.get_args(kind)
         if optional:
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        if kind is str or typing.get_origin(kind) is typing.Literal:
-            value = "esc({v})"
-        elif kind is bool:
-            value = "('true' if {v} else 'false')"
-        elif kind is int:
-            value = "str({v})"
-        elif attrs.has(kind):
-            namespace[f"nested{index}"] = _compile_encoder(kind, top=False)
-            value = f"nested{index}({{v}})"
-        else:
-            value = "dumps({v})"
+        value = _value_expression(kind, index, namespace)
         key = repr(("," if index else "") + f'"{wire_name(field.name)}":')
         if not optional:
             # Omitted optional fields never leave a comma behind: none precedes these.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,16 @@ from .history import HistoryLimits
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ("AuthorizeHook", "HubConfig", "SlowConsumerPolicy", "subscribers_may_abort")
+__all__ = (
+    "AuthorizeHook",
+    "HubConfig",
+    "PresenceInfoHook",
+    "SlowConsumerPolicy",
+    "subscribers_may_abort",
+)
+
+PresenceInfoHook = Callable[["Connection"], "dict[str, Any] | None"]
+"""``presence_info(connection)``: what others see of this subscriber (a JSON object)."""
 
 AuthorizeHook = Callable[["Connection", str], "bool | Awaitable[bool]"]
 """``authorize(connection, session_id)``: may this connection subscribe to that session?"""
@@ -45,6 +55,16 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> 
 def _optional_positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
         _positive(instance, attribute, value)
+
+
+def _finite_positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise InvalidArgument(f"HubConfig.{attribute.name} must be seconds > 0, got {value!r}")
+
+
+def _optional_callable(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not callable(value):
+        raise InvalidArgument(f"HubConfig.{attribute.name} must be callable or None, got {value!r}")
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -81,6 +101,11 @@ class HubConfig:
     may_abort: AuthorizeHook | None = subscribers_may_abort
     """Decides a client's ``abort`` frame; the default allows the session's
     subscribers; None refuses every one (``forbidden``)."""
+    presence_info: PresenceInfoHook | None = attrs.field(default=None, validator=_optional_callable)
+    """What ``presence`` frames and ``Hub.presence`` say of each subscriber,
+    asked once per connection when it connects; None: only its connection id."""
+    presence_interval: float = attrs.field(default=0.5, validator=_finite_positive)
+    """Presence changes of a session within this long go out as one frame (seconds)."""
     client_rate: float | None = attrs.field(default=20.0, validator=_optional_positive)
     """Client frames per second each connection may send on average; None: unlimited."""
     client_burst: int = attrs.field(default=40, validator=_positive)

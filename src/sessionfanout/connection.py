@@ -188,6 +188,7 @@ class Connection:
         "log_budget",
         "outbox",
         "parked_at",
+        "presence_info",
         "queued_bytes",
         "rate",
         "sink",
@@ -201,6 +202,8 @@ class Connection:
         self.id = connection_id
         self.sink = sink
         self.context = context
+        self.presence_info: dict[str, Any] | None = None
+        """What presence says of this connection (the ``presence_info`` hook's answer)."""
         self.try_send: Callable[[str], bool] | None = getattr(sink, "try_send", None)
         # Made on first need: with direct writes most connections never queue.
         self.outbox: deque[Frame] | None = None

@@ -50,6 +50,10 @@ def _nothing() -> None:
     pass
 
 
+def _ignore(connection: Connection, session_id: str) -> None:
+    pass
+
+
 class Delivery:
     """Fan-out, outboxes, the overflow policy, writers, closing connections."""
 
@@ -58,14 +62,13 @@ class Delivery:
         config: HubConfig,
         registry: SubscriptionRegistry[Connection],
         counters: Counters,
-        unsubscribed: Callable[[str], None],
         contain: Contain,
     ) -> None:
         self._config = config
         self._contain = contain
         self._registry = registry
         self._counters = counters
-        self._unsubscribed = unsubscribed
+        self.unsubscribed: Callable[[Connection, str], None] = _ignore
         """Called once per subscription a forgotten connection had."""
         self.writers = Writers()
         self._runtime: Runtime | None = None
@@ -250,7 +253,7 @@ class Delivery:
             return False
         for session_id in tuple(self._registry.sessions_of(connection)):
             self._registry.unsubscribe(connection, session_id)
-            self._unsubscribed(session_id)
+            self.unsubscribed(connection, session_id)
         self._registry.drop(connection)
         counters = self._counters
         counters.dropped += connection.discard_outbox()
@@ -302,6 +305,7 @@ class BrokerReceiver:
         counters: Counters,
         contain: Contain,
         abort: Callable[[str, str], bool],
+        remote_members_changed: Callable[[str], None],
     ) -> None:
         self._delivery = delivery
         self._broker = broker
@@ -311,6 +315,7 @@ class BrokerReceiver:
         self.deliver_global = delivery.deliver_global
         self.decided = approvals.decided
         self.abort = abort
+        self.remote_members_changed = remote_members_changed
 
     def resync(self, session_id: str) -> None:
         """``subscribed`` with ``resumed: false`` tells each subscriber to reload

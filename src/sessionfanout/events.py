@@ -26,6 +26,7 @@ from .checks import (
     optional_bool_field,
     optional_count_field,
     optional_str_field,
+    wire_name,
 )
 from .errors import CLIENT_ERROR_CODES, InvalidArgument
 
@@ -43,6 +44,8 @@ __all__ = (
     "PermissionRequestInfo",
     "PermissionResponse",
     "PermissionTimeout",
+    "Presence",
+    "PresenceMember",
     "ServerEvent",
     "SessionEvent",
     "Subscribe",
@@ -186,6 +189,51 @@ class Unsubscribed:
     """Set when the server ended the subscription (access withdrawn), saying why."""
 
 
+def _info(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        a_json_object(instance, attribute, value)
+
+
+@attrs.frozen
+class PresenceMember:
+    """One subscriber of a session, on any process: its connection id and what
+    the ``presence_info`` hook said of it (None: nothing)."""
+
+    connection_id: str = attrs.field(validator=an_id)
+    info: dict[str, Any] | None = attrs.field(default=None, validator=_info)
+
+
+def _members(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not (
+        isinstance(value, tuple) and all(type(m) is PresenceMember for m in value)
+    ):
+        raise InvalidArgument(
+            f"presence: field {wire_name(attribute.name)!r} must be a tuple of"
+            f" PresenceMember or None, got {describe(value)}"
+        )
+
+
+@attrs.frozen
+class Presence:
+    """Who is subscribed to a session: ``members`` (a snapshot), or what changed
+    since the last frame (``joined`` and ``left``). Not numbered, not kept."""
+
+    TYPE: ClassVar[str] = "presence"
+    session_id: str = attrs.field(validator=an_id)
+    members: tuple[PresenceMember, ...] | None = attrs.field(default=None, validator=_members)
+    joined: tuple[PresenceMember, ...] | None = attrs.field(default=None, validator=_members)
+    left: tuple[PresenceMember, ...] | None = attrs.field(default=None, validator=_members)
+
+    def __attrs_post_init__(self) -> None:
+        if self.members is not None:
+            if self.joined is not None or self.left is not None:
+                raise InvalidArgument("presence: a snapshot ('members') has no 'joined' or 'left'")
+        elif self.joined is None or self.left is None or not (self.joined or self.left):
+            raise InvalidArgument(
+                "presence: give 'members', or 'joined' and 'left' (not both empty)"
+            )
+
+
 @attrs.frozen
 class ClientError:
     TYPE: ClassVar[str] = "client_error"
@@ -206,7 +254,9 @@ SessionEvent = (
 )
 SESSION_EVENT_TYPES: frozenset[type[Any]] = frozenset(typing.get_args(SessionEvent))
 GlobalEvent = ConfigChanged
-ServerEvent = SessionEvent | GlobalEvent | Connected | Subscribed | Unsubscribed | ClientError
+ServerEvent = (
+    SessionEvent | GlobalEvent | Connected | Subscribed | Unsubscribed | Presence | ClientError
+)
 
 # -- client -> server ---------------------------------------------------------
 
@@ -221,6 +271,8 @@ class Subscribe:
         default=None, validator=attrs.validators.optional(one_of("start"))
     )
     """``"start"`` (wire ``from``): a late joiner, replayed all the history holds."""
+    presence: bool | None = optional_bool_field()
+    """True: also get ``presence`` frames (who else is subscribed)."""
 
 
 @attrs.frozen

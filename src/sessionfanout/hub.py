@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterable, Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import anyio
 import anyio.abc
@@ -41,12 +41,14 @@ from .events import (
     ConfigChanged,
     GlobalEvent,
     PermissionResponse,
+    PresenceMember,
     ServerEvent,
     SessionEvent,
     Subscribe,
     Subscribed,
     Unsubscribed,
 )
+from .presence import PresenceKeeper, as_members
 from .publishing import Publisher
 from .registry import SubscriptionRegistry
 from .runtime import Runtime
@@ -59,6 +61,36 @@ __all__ = ("Hub",)
 logger = logging.getLogger("sessionfanout")
 
 NOT_RUNNING = "the hub is not running; use it inside 'async with Hub(...)'"
+
+
+class Containment:
+    """The containment rule: an unexpected error in the hub's work for one
+    session is logged with the session id, counted (``session_faults``) and
+    goes no further. The scheduler, the other sessions and every connection
+    keep running; one session's fault never ends the task group.
+    """
+
+    def __init__(self, counters: Counters) -> None:
+        self._counters = counters
+
+    def __call__(
+        self,
+        session_id: str | None,
+        work: str,
+        exc: BaseException,
+        connection_id: str | None = None,
+    ) -> None:
+        self._counters.session_faults += 1
+        logger.error(
+            "%s failed for session %s; other sessions are not affected",
+            work,
+            session_id,
+            exc_info=exc,
+            extra={"session_id": session_id, "connection_id": connection_id},
+        )
+
+    def writer_failed(self, connection: Connection, exc: BaseException) -> None:
+        self(None, f"connection {connection.id}'s writer", exc, connection.id)
 
 
 class Hub:
@@ -81,11 +113,16 @@ class Hub:
         self.transformer = transformer or EventTransformer()
         self.broker: Broker = broker or LocalBroker()
         self._counters = counters = Counters()
+        self._contain = Containment(counters)
         self._registry: SubscriptionRegistry[Connection] = SubscriptionRegistry()
-        self._delivery = Delivery(
-            config, self._registry, counters, self.broker.unwatch, self._contain
+        self._delivery = delivery = Delivery(config, self._registry, counters, self._contain)
+        self._presence = PresenceKeeper(
+            config, self._registry, delivery, self.broker, self._contain
         )
-        self._clients = Clients(config, self._registry, self._delivery, self.broker, counters)
+        self._clients = Clients(
+            config, self._registry, delivery, self.broker, counters, self._presence
+        )
+        delivery.unsubscribed = self._clients.subscription_ended
         self._publisher = Publisher(config, self.broker, counters, self._contain)
         self._approvals = Approvals(self.broker, self._publish_in_order, self._contain)
         self._runs = agent_runner.Runs(self.broker)
@@ -104,7 +141,7 @@ class Hub:
             raise HubClosed("a Hub can be entered only once")
         self._task_group = task_group = anyio.create_task_group()
         await task_group.__aenter__()
-        runtime = Runtime.current(task_group, self._writer_failed)
+        runtime = Runtime.current(task_group, self._contain.writer_failed)
         self._delivery.start(runtime, task_group, self._scheduler.sweep_needed)
         self._clients.clock = self._clock = runtime.clock
         self._clients.abort = self.abort
@@ -116,6 +153,7 @@ class Hub:
             self._counters,
             self._contain,
             self._runs.abort,
+            self._presence.remote_changed,
         )
         context = BrokerContext(receiver, self._approvals.table, task_group, runtime.clock, limits)
         try:
@@ -127,6 +165,8 @@ class Hub:
             raise
         self._running = True
         task_group.start_soon(self._scheduler.run, runtime, name="sessionfanout scheduler")
+        self._presence.start(runtime)
+        task_group.start_soon(self._presence.run, runtime, name="sessionfanout presence")
         return self
 
     async def __aexit__(
@@ -214,17 +254,20 @@ class Hub:
         epoch: str | None = None,
         *,
         from_start: bool = False,
+        presence: bool = False,
     ) -> Subscribed:
         """Subscribe a connection on the server's own authority (the ``authorize``
         hook is not asked): exactly what a client's ``subscribe`` frame does,
-        replay included (``from_start``: a late joiner, ``"from": "start"``).
-        Returns the ``subscribed`` reply the client was sent."""
+        replay included (``from_start``: a late joiner, ``"from": "start"``;
+        ``presence``: ``presence`` frames too). Returns the ``subscribed``
+        reply the client was sent."""
         if not self._running:
             raise HubClosed(NOT_RUNNING)
         self._clients.check_connected(connection)
         if not isinstance(from_start, bool) or (from_start and last_seq is not None):
             raise InvalidArgument("from_start is a bool, and excludes last_seq")
-        message = Subscribe(session_id, last_seq, epoch, "start" if from_start else None)
+        start: Literal["start"] | None = "start" if from_start else None
+        message = Subscribe(session_id, last_seq, epoch, start, presence)
         subscribed = await self._clients.subscribe(connection, message, authorize=False)
         if subscribed is None:
             raise UnknownConnection(f"{connection!r} went away while subscribing")
@@ -295,7 +338,10 @@ class Hub:
             raise BrokerUnavailable("the backplane is unavailable; the delta was not accepted")
         now = self._clock()
         self._publisher.add_delta(session_id, text, turn_id, now)
-        self._scheduler.wake_by(now + self._publisher.shortest_wait)
+        if self._publisher.shortest_wait:
+            self._scheduler.wake_by(now + self._publisher.shortest_wait)
+        else:  # no batching: out now, not on the scheduler's next turn
+            self._publisher.flush(session_id)
 
     async def flush_delta(self, session_id: str) -> None:
         """Send the session's pending delta text now."""
@@ -360,36 +406,17 @@ class Hub:
         check_id("session_id", session_id)
         return session_id in self._runs or await self.broker.is_running(session_id)
 
+    async def presence(self, session_id: str) -> tuple[PresenceMember, ...]:
+        """Who is subscribed to the session on every process, in connection id
+        order; ``BrokerUnavailable`` when the other processes cannot be asked."""
+        if not self._running:
+            raise HubClosed(NOT_RUNNING)
+        return as_members(await self._presence.members(check_id("session_id", session_id)))
+
     async def _publish_in_order(self, event: SessionEvent) -> None:
         ack = self._publisher.sequence(event)
         if ack is not None:
             await ack
-
-    # -- containment and deadlines -------------------------------------------
-
-    def _contain(
-        self,
-        session_id: str | None,
-        work: str,
-        exc: BaseException,
-        connection_id: str | None = None,
-    ) -> None:
-        """The containment rule: an unexpected error in the hub's work for one
-        session is logged with the session id, counted (``session_faults``)
-        and goes no further. The scheduler, the other sessions and every
-        connection keep running; one session's fault never ends the task group.
-        """
-        self._counters.session_faults += 1
-        logger.error(
-            "%s failed for session %s; other sessions are not affected",
-            work,
-            session_id,
-            exc_info=exc,
-            extra={"session_id": session_id, "connection_id": connection_id},
-        )
-
-    def _writer_failed(self, connection: Connection, exc: BaseException) -> None:
-        self._contain(None, f"connection {connection.id}'s writer", exc, connection.id)
 
     # -- introspection -----------------------------------------------------
 

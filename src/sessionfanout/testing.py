@@ -113,9 +113,11 @@ class TestClient:
         last_seq: int | None = None,
         epoch: str | None = None,
         from_start: bool = False,
+        presence: bool = False,
         timeout: float = 5.0,  # noqa: ASYNC109 - a test's wait is bounded where it is written
     ) -> Frame:
-        """Send ``subscribe``; returns the ``subscribed`` or ``client_error`` reply."""
+        """Send ``subscribe``; returns the ``subscribed`` or ``client_error`` reply
+        (with ``presence``, the ``presence`` snapshot follows it)."""
         frame: Frame = {"type": "subscribe", "sessionId": session_id}
         if last_seq is not None:
             frame["lastSeq"] = last_seq
@@ -123,6 +125,8 @@ class TestClient:
             frame["epoch"] = epoch
         if from_start:
             frame["from"] = "start"
+        if presence:
+            frame["presence"] = True
         await self.send(frame)
         return await self.receive(
             type=("subscribed", "client_error"), session=None, timeout=timeout

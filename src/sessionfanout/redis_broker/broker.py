@@ -25,6 +25,7 @@ from .cluster import Topology
 from .connect import Target, close
 from .listener import Listener
 from .permissions import Permissions
+from .presence import PRESENCE_TTL, SharedPresence
 from .publisher import Outgoing, Publisher
 from .runs import Runs
 from .scripts import CONNECTION_ERRORS, Client, Names, Scripts
@@ -48,6 +49,7 @@ class _Parts:
     listener: Listener
     permissions: Permissions
     runs: Runs
+    presence: SharedPresence
     topology: Topology | None
 
 
@@ -68,9 +70,11 @@ class RedisBroker:
         secret: str | bytes | None = None,
         reconnect_max_delay: float = 5.0,
         client_name: str | None = None,
+        presence_ttl: float = PRESENCE_TTL,
     ) -> None:
         """``secret`` turns on signing (every process needs the same one);
-        ``client_name`` names this process's connections in Redis's CLIENT LIST."""
+        ``client_name`` names this process's connections in Redis's CLIENT LIST;
+        the subscribers of a process that dies leave presence within ``presence_ttl``."""
         if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "|{}"):
             raise InvalidArgument("prefix must be a non-empty string without '|', '{' or '}'")
         self._target = Target.parse(url)
@@ -78,6 +82,10 @@ class RedisBroker:
         self.prefix = prefix
         self.reconnect_max_delay = reconnect_max_delay
         self.client_name = client_name
+        seconds = isinstance(presence_ttl, int | float) and not isinstance(presence_ttl, bool)
+        if not seconds or not 0.3 <= presence_ttl < 1e6:
+            raise InvalidArgument(f"presence_ttl must be seconds >= 0.3, got {presence_ttl!r}")
+        self.presence_ttl = float(presence_ttl)
         if secret is not None and (not isinstance(secret, str | bytes) or not secret):
             raise InvalidArgument("secret must be a non-empty str or bytes, or None")
         self._signer = Signer(secret)
@@ -109,30 +117,18 @@ class RedisBroker:
             "retry": Retry(NoBackoff(), 0),
             "client_name": self.client_name,
         }
-        target = self._target
-        commands = target.commands(options)
+        commands = self._target.commands(options)
         topology = Topology(commands) if isinstance(commands, RedisCluster) else None
         scripts = Scripts(sharded=topology is not None)
-        history = History.with_limits(context.history_limits)
         names, signer, counters = self._names, self._signer, self._counters
         limits = context.history_limits
-        clients: tuple[Client, ...] = (commands,)
-        if topology is None:
-            server = target.server(options)
-            clients += (server,)
-            subscriber = lambda: server  # noqa: E731
-        else:
-            subscriber = lambda: self._any_node(topology, options)  # noqa: E731
-        listener = Listener(commands, subscriber, scripts, names, signer, history, counters)
-        listener.start(context.receiver, context.clock, context.task_group)
-        if topology is not None:
-            connect = lambda host, port: target.node(host, port, options)  # noqa: E731
-            listener.shards = Shards(
-                topology, connect, listener.dispatch, listener.catch_up, names.session_of
-            )
-            listener.shards.start(context.task_group)
+        listener, clients = self._listener(context, commands, scripts, topology, options)
         runs = Runs(commands, names, signer)
         listener.on_control = lambda message: runs.on_abort(message, context.receiver.abort)
+        presence = SharedPresence(commands, names, signer, counters, self.presence_ttl)
+        listener.on_presence = lambda message: presence.on_announcement(
+            message, context.receiver.remote_members_changed
+        )
         self._parts = _Parts(
             context,
             clients,
@@ -140,6 +136,7 @@ class RedisBroker:
             listener,
             Permissions(commands, scripts, names, signer, self._decision_read_back),
             runs,
+            presence,
             topology,
         )
         await self._reach(commands)
@@ -148,6 +145,38 @@ class RedisBroker:
             await self._connected.wait()
         if not self._connected.is_set():
             raise BrokerUnavailable(f"Redis at {self.url} did not answer its subscriptions")
+
+    def _listener(
+        self,
+        context: BrokerContext,
+        commands: Client,
+        scripts: Scripts,
+        topology: Topology | None,
+        options: dict[str, Any],
+    ) -> tuple[Listener, tuple[Client, ...]]:
+        """The listener, on one server's pub/sub connection, or on a cluster's
+        (classic pub/sub on any node, session channels on their shards); and
+        the clients to close."""
+        target, names = self._target, self._names
+        history = History.with_limits(context.history_limits)
+        clients: tuple[Client, ...] = (commands,)
+        if topology is None:
+            server = target.server(options)
+            clients += (server,)
+            subscriber = lambda: server  # noqa: E731
+        else:
+            subscriber = lambda: self._any_node(topology, options)  # noqa: E731
+        listener = Listener(
+            commands, subscriber, scripts, names, self._signer, history, self._counters
+        )
+        listener.start(context.receiver, context.clock, context.task_group)
+        if topology is not None:
+            connect = lambda host, port: target.node(host, port, options)  # noqa: E731
+            listener.shards = Shards(
+                topology, connect, listener.dispatch, listener.catch_up, names.session_of
+            )
+            listener.shards.start(context.task_group)
+        return listener, clients
 
     async def _reach(self, commands: Client) -> None:
         try:
@@ -172,6 +201,7 @@ class RedisBroker:
                 tg.start_soon(self._get().publisher.run, self._lost_connection)
                 tg.start_soon(self._keep_listening)
                 tg.start_soon(self._get().runs.refresh)
+                tg.start_soon(self._get().presence.run)
 
     async def _keep_listening(self) -> None:
         """The pub/sub connection, reconnected with backoff whenever it fails."""
@@ -203,6 +233,10 @@ class RedisBroker:
     def _on_connected(self) -> None:
         if self._connected.is_set():
             self._counters.reconnects += 1
+            parts = self._get()
+            parts.presence.refresh_soon()
+            for session_id in parts.listener.watching:  # announcements may be lost
+                parts.context.receiver.remote_members_changed(session_id)
         self._available = True
         self._connected.set()
 
@@ -270,6 +304,8 @@ class RedisBroker:
             return
         self._parts.publisher.fail_all(BrokerUnavailable("the broker is closed"))
         with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(FLUSH_TIMEOUT), contextlib.suppress(BrokerUnavailable):
+                await self._parts.presence.close()
             for client in self._parts.clients:
                 with contextlib.suppress(*CONNECTION_ERRORS):
                     await close(client)
@@ -341,3 +377,13 @@ class RedisBroker:
 
     async def abort(self, session_id: str, reason: str) -> bool:
         return await self._get().runs.abort(session_id, reason)
+
+    # -- presence -------------------------------------------------------------------
+
+    def share_member(
+        self, session_id: str, connection_id: str, info: dict[str, Any] | None, *, present: bool
+    ) -> None:
+        self._get().presence.share(session_id, connection_id, info, present=present)
+
+    async def remote_members(self, session_id: str) -> Mapping[str, dict[str, Any] | None]:
+        return await self._get().presence.remote(session_id)

@@ -75,6 +75,8 @@ class Listener:
         """Flush markers this process waits for on its control channel."""
         self.on_control: Callable[[str], None] = lambda message: None
         """Signed requests on the control channel (abort)."""
+        self.on_presence: Callable[[str], None] = lambda message: None
+        """Signed announcements of changed presence."""
         self.shards: Shards | None = None
         """On a cluster: the sessions' shard subscriptions."""
 
@@ -115,7 +117,12 @@ class Listener:
         subscribed: set[str] = set()
         while True:
             wanted: dict[str, str | None] = dict.fromkeys(
-                (names.global_channel, names.permission_channel, names.control_channel)
+                (
+                    names.global_channel,
+                    names.permission_channel,
+                    names.control_channel,
+                    names.presence_channel,
+                )
             )
             if self.shards is None:
                 wanted.update((names.channel(s), s) for s in self.watching)
@@ -161,6 +168,8 @@ class Listener:
                 self._deliver().deliver_global(self._signer.unpack("global", data))
             elif channel == names.permission_channel:
                 self.on_decision(data)
+            elif channel == names.presence_channel:
+                self.on_presence(data)
             else:
                 session_id = names.session_of(channel)
                 seeding = self._seeding.get(session_id)

@@ -13,6 +13,8 @@ messages as in ``envelope``; ``{tag}`` is a hash tag, see ``Names.tag``):
 - ``{prefix}:perm:{request}``: a permission request: ``p|<session>`` while
   pending, ``d|<signed decision>`` once answered.
 - ``{prefix}:runs:{tag}:{session}``: the processes running its agent (see ``runs``).
+- ``{prefix}:presence:{tag}:{session}``: its subscribers on every process, and
+  the channel ``{prefix}:presence`` announcing changes (see ``presence``).
 
 On a Redis Cluster every key and the channel of a session share its hash tag,
 so they live in one slot: the publish script, which appends to the history
@@ -144,12 +146,21 @@ class Names:
         when that stops being true unless refreshed (ms since the epoch)."""
         return f"{self.prefix}:runs:{tag(session_id)}:{session_id}"
 
+    def presence_key(self, session_id: str) -> str:
+        """A sorted set: the session's subscribers on every process, scored by
+        when their entry goes stale unless refreshed (ms since the epoch)."""
+        return f"{self.prefix}:presence:{tag(session_id)}:{session_id}"
+
     def control_channel_of(self, process_id: str) -> str:
         return f"{self.prefix}:control:{process_id}"
 
     @property
     def global_channel(self) -> str:
         return f"{self.prefix}:global"
+
+    @property
+    def presence_channel(self) -> str:
+        return f"{self.prefix}:presence"
 
     @property
     def permission_channel(self) -> str:
