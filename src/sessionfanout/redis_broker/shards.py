@@ -39,6 +39,9 @@ __all__ = ()
 logger = logging.getLogger("sessionfanout.redis")
 
 CONFIRM_TIMEOUT = 10.0
+MOVE_TRIES = 5
+"""Attempts to subscribe a moved channel on its new master (its connection,
+if it fails, subscribes it again on reconnecting)."""
 MOVE_ATTEMPTS = 20
 """Slot map refreshes to find where a slot moved, before subscribing again in place."""
 RECONNECT_MAX_DELAY = 0.5
@@ -131,6 +134,8 @@ class Shards:
         try:
             node = self._topology.owner(channel)
         except SlotNotCoveredError:
+            if self._home.get(channel) != "" and self._task_group is not None:
+                self._task_group.start_soon(self._find, channel)
             self._home[channel] = ""
             return None
         self._home[channel] = node.name
@@ -162,14 +167,25 @@ class Shards:
                 del self._nodes[name]
                 entry.scope.cancel()
 
+    async def _find(self, channel: str) -> None:
+        """Read the slot map until a master serves the channel's slot
+        (``_rehome`` then subscribes it there), or it is no longer wanted."""
+        while self._home.get(channel) == "":
+            await self._topology.refresh()
+            await anyio.sleep(REFRESH_INTERVAL)
+
     async def _move(self, pubsub: PubSub, channel: str) -> None:
-        """Subscribe a channel whose slot moved to a master already connected."""
-        try:
-            await self._ssubscribe(pubsub, channel)
-            if channel in self._home:
-                await self._catch_up(self._session_of(channel))
-        except (*CONNECTION_ERRORS, TimeoutError) as exc:
-            logger.info("moving %s to its new shard failed: %s", channel, exc)
+        """Subscribe a channel whose slot moved to a master already connected,
+        and catch its session up; tried again a few times if that fails."""
+        for attempt in range(MOVE_TRIES):
+            try:
+                await self._ssubscribe(pubsub, channel)
+                if channel in self._home:
+                    await self._catch_up(self._session_of(channel))
+                return
+            except (*CONNECTION_ERRORS, TimeoutError) as exc:
+                logger.info("moving %s to its new shard failed: %s", channel, exc)
+            await anyio.sleep(0.1 * 2**attempt)
 
     async def _serve(self, entry: _Node) -> None:
         """Keep the master's connection: subscribe its channels, catch them up,
