@@ -108,9 +108,12 @@ class Topology:
             for index, reply in zip(indexes, replies, strict=True):
                 results[index] = reply
 
-        async with anyio.create_task_group() as tg:
-            for indexes in groups.values():
-                tg.start_soon(send, indexes)
+        if len(groups) == 1:  # one master: no tasks needed
+            await send(next(iter(groups.values())))
+        else:
+            async with anyio.create_task_group() as tg:
+                for indexes in groups.values():
+                    tg.start_soon(send, indexes)
         if lost or any(isinstance(r, SlotNotCoveredError) for r in results):
             await self.refresh()
         return results
