@@ -118,7 +118,9 @@ class RedisBroker:
             "client_name": self.client_name,
         }
         commands = self._target.commands(options)
-        topology = Topology(commands) if isinstance(commands, RedisCluster) else None
+        topology = None
+        if isinstance(commands, RedisCluster):
+            topology = Topology(commands, lambda h, p: self._target.node(h, p, options))
         scripts = Scripts(sharded=topology is not None)
         names, signer, counters = self._names, self._signer, self._counters
         limits = context.history_limits
@@ -309,6 +311,8 @@ class RedisBroker:
             for client in self._parts.clients:
                 with contextlib.suppress(*CONNECTION_ERRORS):
                     await close(client)
+            if self._parts.topology is not None:
+                await self._parts.topology.aclose()
 
     def statistics(self) -> Mapping[str, int]:
         watched = len(self._parts.listener.watching) if self._parts else 0
