@@ -233,6 +233,7 @@ async def test_a_master_killed_mid_stream(own_cluster: Cluster) -> None:
     sessions = [s for group in shards.values() for s in group]
     sent: dict[str, list[str]] = defaultdict(list)
     failures: dict[str, list[float]] = defaultdict(list)
+    refused_deltas: dict[str, int] = defaultdict(int)
     killed_at = healed_at = 0.0
     stop = anyio.Event()
 
@@ -247,6 +248,10 @@ async def test_a_master_killed_mid_stream(own_cluster: Cluster) -> None:
                 sent[session_id].append(result)
             except BrokerUnavailable:
                 failures[session_id].append(time.monotonic())
+            try:
+                await producer.queue_delta(session_id, f"d{n} ")
+            except BrokerUnavailable:
+                refused_deltas[session_id] += 1
             n += 1
             await anyio.sleep(0.02)
 
@@ -276,6 +281,8 @@ async def test_a_master_killed_mid_stream(own_cluster: Cluster) -> None:
         for sink in sinks:
             check_delivered(sink, session_id, sent[session_id])
     assert not [s for s in others if failures[s]], "the other shards never refuse"
+    assert not [s for s in others if refused_deltas[s]], "nor their deltas"
+    assert any(refused_deltas[s] for s in victims), "a dead shard's deltas are refused, not lost"
     for session_id in victims:
         late = [t for t in failures[session_id] if t > healed_at + 1.5 or t < killed_at]
         assert not late, "refused only while no master serves the slot"

@@ -83,6 +83,10 @@ class Broker(Protocol):
     def available(self) -> bool:
         """False while publishing would fail (the backplane cannot be reached)."""
 
+    def available_for(self, session_id: str) -> bool:
+        """False while publishing the session's events would fail: the
+        backplane, or the part of it that holds the session, is unreachable."""
+
     async def start(self, context: BrokerContext) -> None: ...
 
     async def flush(self) -> None:
@@ -176,6 +180,9 @@ class LocalBroker:
 
     @property
     def available(self) -> bool:
+        return True
+
+    def available_for(self, session_id: str) -> bool:
         return True
 
     async def start(self, context: BrokerContext) -> None:

@@ -334,7 +334,7 @@ class Hub:
         check_id("session_id", session_id)
         check_text("text", text)
         check_text("turn_id", turn_id, optional=True)
-        if not self.broker.available:
+        if not self.broker.available_for(session_id):
             raise BrokerUnavailable("the backplane is unavailable; the delta was not accepted")
         now = self._clock()
         self._publisher.add_delta(session_id, text, turn_id, now)

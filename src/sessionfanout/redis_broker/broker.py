@@ -108,6 +108,12 @@ class RedisBroker:
     def available(self) -> bool:
         return self._available
 
+    def available_for(self, session_id: str) -> bool:
+        """On a cluster, a session whose publication just failed (its shard is
+        down) is refused for a moment, so that a producer's deltas are not
+        accepted only to be lost; the other shards' sessions go on."""
+        return self._available and self._get().publisher.may_publish(session_id)
+
     async def start(self, context: BrokerContext) -> None:
         # No silent retries: a lost connection must be seen, to catch up after it.
         options: dict[str, Any] = {

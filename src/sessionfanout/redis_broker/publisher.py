@@ -46,6 +46,8 @@ PIPELINE_MAX = 512
 PREDICTIONS_MAX = 4096
 RETRY_WINDOW = 3.0
 """Seconds a round goes on sending what a cluster did not run (a failover)."""
+REFUSE_FOR = 0.5
+"""Seconds a session whose publication failed is refused (``may_publish``)."""
 RETRY_PAUSE = 0.05
 
 
@@ -110,10 +112,22 @@ class Publisher:
         self._lost: dict[str, str] = {}
         """Sessions whose store lost committed events (a failover to a replica
         that lagged behind): their epoch, to be replaced by a new one."""
+        self._refused: dict[str, float] = {}
+        """Sessions whose publication failed, and until when they are refused."""
 
     def committed(self) -> dict[str, int]:
         """The last seq this process committed, for the sessions it published to lately."""
         return {session_id: seq for session_id, (_, seq) in self._predictions.items()}
+
+    def may_publish(self, session_id: str) -> bool:
+        """False for a moment after the session's publication failed."""
+        until = self._refused.get(session_id)
+        if until is None:
+            return True
+        if anyio.current_time() < until:
+            return False
+        del self._refused[session_id]
+        return True
 
     def enqueue(self, outgoing: Outgoing) -> Outgoing:
         self._outgoing.append(outgoing)
@@ -186,6 +200,8 @@ class Publisher:
                     retry += group
                 elif isinstance(result, Exception):
                     self._counters.failed += len(group)
+                    if group[0].session_id is not None:
+                        self._refused[group[0].session_id] = anyio.current_time() + REFUSE_FOR
                     for outgoing in group:
                         outgoing.finish(result)
                 elif isinstance(result, list):  # the session was elsewhere: it says where
@@ -194,6 +210,7 @@ class Publisher:
                     retry += group
                 else:
                     self._lost.pop(str(group[0].session_id), None)
+                    self._refused.pop(str(group[0].session_id), None)
                     self._predict(group[0].session_id, epoch, int(result))
                     self._counters.published += len(group)
                     for outgoing in group:
