@@ -20,6 +20,7 @@ import anyio
 import attrs
 
 from .agent import PermissionDecision
+from .checks import MAX_ID_LENGTH, check_id
 from .errors import BrokerUnavailable, HubClosed, InvalidArgument, SessionMismatch
 from .events import (
     SESSION_EVENT_TYPES,
@@ -42,9 +43,12 @@ logger = logging.getLogger("sessionfanout")
 ABORTED = "aborted"
 
 
-def check_session_event(session_id: str, event: object) -> SessionEvent:
-    """A session event a producer may publish: of a session event class, for
-    ``session_id``, and not yet numbered (the hub assigns ``seq``)."""
+def check_session_event(session_id: object, event: object) -> SessionEvent:
+    """A session event a producer may publish: for a valid ``session_id``, of a
+    session event class, for that session, and not yet numbered (the hub
+    assigns ``seq``). One call per event: the common case is tested inline."""
+    if type(session_id) is not str or not 0 < len(session_id) <= MAX_ID_LENGTH:
+        check_id("session_id", session_id)
     if type(event) not in SESSION_EVENT_TYPES:
         raise InvalidArgument(f"event must be a session event, got {type(event).__name__}")
     if TYPE_CHECKING:  # narrowing for the type checker; the line above checked it

@@ -202,7 +202,7 @@ class LocalBroker:
         return self._context
 
     def publish(self, session_id: str, body: str, *, is_delta: bool) -> None:
-        seq, text = self._history.append(session_id, body, self._clock(), is_delta=is_delta)
+        seq, text = self._history.append(session_id, body, self._clock(), is_delta)
         self._deliver(session_id, seq, text, is_delta=is_delta)
 
     def publish_global(self, text: str) -> None:

@@ -124,6 +124,8 @@ def _fail(instance: object, attribute: attrs.Attribute[Any], problem: str) -> No
 
 
 def an_id(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if type(value) is str and 0 < len(value) <= MAX_ID_LENGTH:
+        return  # the common case, decided without a call: events are made per event
     problem = id_problem(value)
     if problem is not None:
         _fail(instance, attribute, problem)

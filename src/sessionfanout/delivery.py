@@ -95,7 +95,7 @@ class Delivery:
         try:
             # A copy: the overflow policy may drop a connection mid-loop.
             connections = tuple(self._registry.sinks_of(session_id))
-            self.fan_out(connections, text, session_id, is_delta=is_delta)
+            self.fan_out(connections, text, session_id, is_delta)
         except Exception as exc:
             self._contain(session_id, "delivering an event", exc)
 
@@ -115,12 +115,12 @@ class Delivery:
         connections: Iterable[Connection],
         text: str,
         session_id: str | None = None,
-        *,
         is_delta: bool = False,
     ) -> None:
         """Send ``text`` to each connection: straight to a quiet sink that takes
         it now, else as one ``Frame`` shared by every outbox it is queued in."""
         frame: Frame | None = None
+        size = len(text)
         for connection in connections:
             # Whatever goes wrong here is this connection's: it is closed, the loop goes on.
             try:
@@ -132,7 +132,7 @@ class Delivery:
                     and try_send(text)
                 ):
                     connection.frames_sent += 1
-                    connection.bytes_sent += len(text)
+                    connection.bytes_sent += size
                     continue
                 if frame is None:
                     frame = Frame(text, session_id, is_delta)

@@ -153,17 +153,17 @@ class _Log:
         entries = self.entries
         while entries and (len(entries) > max_events or self.chars > max_bytes):
             oldest = entries[0]
-            if isinstance(oldest, _Run) and len(oldest.parts) > 1 and len(entries) <= max_events:
-                self.chars -= oldest.drop_first()
-                self.first_seq += 1
-                continue
-            entries.popleft()
-            if isinstance(oldest, _Run):
-                self.chars -= oldest.size
-                self.first_seq += len(oldest.parts)
-            else:
+            if isinstance(oldest, str):
+                entries.popleft()
                 self.chars -= len(oldest)
                 self.first_seq += 1
+            elif len(oldest.parts) > 1 and len(entries) <= max_events:
+                self.chars -= oldest.drop_first()
+                self.first_seq += 1
+            else:
+                entries.popleft()
+                self.chars -= oldest.size
+                self.first_seq += len(oldest.parts)
         if not entries:
             self.first_seq = self.seq + 1
 
@@ -216,7 +216,7 @@ class History:
         return SessionState(log.epoch, log.seq, log.first_seq)
 
     def append(
-        self, session_id: str, body: str, now: float, *, is_delta: bool = False
+        self, session_id: str, body: str, now: float, is_delta: bool = False
     ) -> tuple[int, str]:
         """Give ``body`` (a session event encoded without seq) the next seq; keep it
         (``is_delta``: a batch of text deltas, which joins its turn's run).

@@ -311,7 +311,6 @@ class Hub:
         """Publish a session event to the session's subscribers, after its pending deltas."""
         if not self._running:
             raise HubClosed(NOT_RUNNING)
-        check_id("session_id", session_id)
         check_session_event(session_id, event)
         ack = self._publisher.sequence(event)
         if ack is not None:
