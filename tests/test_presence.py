@@ -227,3 +227,22 @@ async def test_a_server_side_subscribe_may_ask_for_presence_on_either_backend() 
         assert [other.connection.id] == ids((await watcher.receive(type="presence"))["joined"])
         await hub.unsubscribe(other.connection, "s")
         assert [other.connection.id] == ids((await watcher.receive(type="presence"))["left"])
+
+
+@virtual_clock()
+async def test_a_read_of_other_processes_that_hangs_gives_way_to_what_is_known() -> None:
+    from sessionfanout import LocalBroker
+
+    class Hanging(LocalBroker):
+        async def remote_members(self, session_id: str) -> Any:
+            await anyio.sleep_forever()
+
+    async with Hub(CONFIG, broker=Hanging()) as hub:
+        client = await TestClient.connect(hub)
+        await client.subscribe("s", presence=True)
+        snapshot = await client.receive(type="presence", timeout=5)
+        assert [client.connection.id] == ids(snapshot["members"])
+        other = await TestClient.connect(hub)
+        await other.subscribe("s")
+        joined = await client.receive(type="presence", timeout=5)
+        assert [other.connection.id] == ids(joined["joined"])

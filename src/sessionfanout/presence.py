@@ -41,6 +41,9 @@ __all__ = ()
 
 logger = logging.getLogger("sessionfanout")
 
+READ_TIMEOUT = 2.0
+"""Seconds a read of other processes' members may take before they are taken as last read."""
+
 
 def as_members(members: Members) -> tuple[PresenceMember, ...]:
     """In connection id order, so that a frame's order means nothing."""
@@ -142,8 +145,9 @@ class PresenceKeeper:
     async def _current(self, session_id: str) -> Members:
         """Every process's members, the others' as last read when they cannot be asked."""
         try:
-            remote = await self._broker.remote_members(session_id)
-        except BrokerUnavailable as exc:
+            with anyio.fail_after(READ_TIMEOUT):  # one stuck read must not stall the rest
+                remote = await self._broker.remote_members(session_id)
+        except (BrokerUnavailable, TimeoutError) as exc:
             if not self._outage:
                 logger.info("presence of other processes unavailable: %s", exc)
             self._outage = True
