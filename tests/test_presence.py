@@ -125,7 +125,6 @@ async def test_a_join_storm_of_watchers_costs_a_snapshot_and_a_diff_each() -> No
     assert frames <= 2 * count
 
 
-@virtual_clock()
 async def test_hub_presence_lists_every_subscriber_with_its_info() -> None:
     async with Hub(CONFIG) as hub:
         assert () == await hub.presence("s")
@@ -196,7 +195,6 @@ def test_a_presence_frame_is_a_snapshot_or_a_change(fields: dict[str, Any]) -> N
         Presence("s", **fields)
 
 
-@virtual_clock()
 async def test_a_failing_broker_never_ends_a_connection_and_is_counted() -> None:
     from sessionfanout import LocalBroker
 
