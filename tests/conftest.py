@@ -3,7 +3,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 import trio.testing
@@ -48,17 +48,30 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield base
 
 
+class Deployment(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+D = TypeVar("D", bound=Deployment)
+
+
+def started(deployment: D) -> Iterator[D]:
+    """A fixture's body: start the servers, hand them over, stop them afterwards."""
+    deployment.start()
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[Any]:
     """A fresh redis-server for one test (a missing server fails under CI=true)."""
     from tests.redis_server import RedisServer
 
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from started(RedisServer(tmp_path))
 
 
 @pytest.fixture(scope="session")
@@ -67,9 +80,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     each uses sessions of its own."""
     from tests.redis_cluster import Cluster
 
-    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from started(Cluster(tmp_path_factory.mktemp("cluster")))
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[Any]:
+    """A cluster for one test that breaks it."""
+    from tests.redis_cluster import Cluster
+
+    yield from started(Cluster(tmp_path))
+
+
+@pytest.fixture
+def sentinels(tmp_path: Path) -> Iterator[Any]:
+    """One master, one replica and three sentinels, for one test."""
+    from tests.redis_cluster import Sentinels
+
+    yield from started(Sentinels(tmp_path))

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -15,16 +14,6 @@ from tests.servers import free_port, http_ready, python, running, ws_url
 from tests.test_e2e_redis_cluster import TimedClient, check_gap_free_or_reload, post
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
-
-
-@pytest.fixture
-def sentinels(tmp_path: Path) -> Iterator[Sentinels]:
-    deployment = Sentinels(tmp_path)
-    deployment.start()
-    try:
-        yield deployment
-    finally:
-        deployment.stop()
 
 
 def test_the_apps_follow_the_promoted_master(sentinels: Sentinels, tmp_path: Path) -> None:

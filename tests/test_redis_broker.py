@@ -604,6 +604,22 @@ def test_a_secret_that_signs_nothing_or_is_not_text_is_refused(secret: Any) -> N
         RedisBroker("redis://127.0.0.1:1/0", secret=secret)
 
 
+async def ten_events_then_a_store_left_at_seven(a: Hub, b: Hub, redis_server: Any) -> RecordingSink:
+    """A subscriber on ``a`` has seq 1..10 of "s" (published on ``b``); then the
+    store loses 8..10, as a replica promoted before it had them would."""
+    on_a, sink_a = await connect(a)
+    await subscribe(a, on_a, "s")
+    for n in range(10):
+        await b.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", str(n)))
+    await wait_for(lambda: len(events(sink_a, "s")) == 10)
+    raw = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    names = Names("sessionfanout", "")
+    await raw.hset(names.key("s", "meta"), "seq", 7)
+    await raw.ltrim(names.key("s", "log"), 0, 6)
+    await raw.aclose()
+    return sink_a
+
+
 async def test_events_lost_by_the_store_start_a_new_epoch_and_clients_reload(
     redis_server: Any,
 ) -> None:
@@ -612,16 +628,7 @@ async def test_events_lost_by_the_store_start_a_new_epoch_and_clients_reload(
     had the lost ones would drop as duplicates); the session starts a new epoch
     and its subscribers are told to reload."""
     async with hub(redis_server) as a, hub(redis_server) as b:
-        on_a, sink_a = await connect(a)
-        await subscribe(a, on_a, "s")
-        for n in range(10):
-            await b.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", str(n)))
-        await wait_for(lambda: len(events(sink_a, "s")) == 10)
-        raw = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
-        names = Names("sessionfanout", "")
-        await raw.hset(names.key("s", "meta"), "seq", 7)  # as the promoted replica has it
-        await raw.ltrim(names.key("s", "log"), 0, 6)
-        await raw.aclose()
+        sink_a = await ten_events_then_a_store_left_at_seven(a, b, redis_server)
         for n in range(10, 13):
             await b.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", str(n)))
         await wait_for(lambda: "12" in [f.get("result") for f in sink_a.frames])
@@ -641,15 +648,8 @@ async def test_a_store_found_behind_on_reconnect_tells_clients_to_reload(
     than Redis now holds (in the same epoch) resyncs its clients: the seqs it
     delivered will be numbered again for other events."""
     async with hub(redis_server) as a, hub(redis_server) as b:
-        on_a, sink_a = await connect(a)
-        await subscribe(a, on_a, "s")
-        for n in range(10):
-            await b.broadcast_to_session("s", ToolResult("s", f"u{n}", "t", str(n)))
-        await wait_for(lambda: len(events(sink_a, "s")) == 10)
+        sink_a = await ten_events_then_a_store_left_at_seven(a, b, redis_server)
         raw = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
-        names = Names("sessionfanout", "")
-        await raw.hset(names.key("s", "meta"), "seq", 7)
-        await raw.ltrim(names.key("s", "log"), 0, 6)
         await raw.client_kill_filter(_type="pubsub")
         await raw.aclose()
         await wait_for(lambda: len(sink_a.of_type("subscribed")) == 2)

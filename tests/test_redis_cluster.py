@@ -9,8 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -31,17 +30,6 @@ NAMES = Names("sessionfanout", "")
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def own_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """A cluster for one test that breaks it."""
-    cluster = Cluster(tmp_path)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def hub(cluster: Cluster) -> Hub:
@@ -201,6 +189,37 @@ async def test_presence_spans_processes_on_every_shard(cluster: Cluster) -> None
                 assert members == await b.presence(session_id)
 
 
+async def stream_until(
+    stop: anyio.Event,
+    producer: Hub,
+    session_id: str,
+    sent: list[str],
+    refused: Callable[[bool], None],
+    *,
+    deltas: bool = False,
+) -> None:
+    """Publish a numbered event every 20 ms (and a delta, with ``deltas``) until
+    ``stop``: what was accepted goes in ``sent``; a refusal calls ``refused``
+    (with whether it was the delta)."""
+    n = 0
+    while not stop.is_set():
+        result = f"{session_id}/{n}"
+        try:
+            await producer.broadcast_to_session(
+                session_id, ToolResult(session_id, f"u{n}", "t", result)
+            )
+            sent.append(result)
+        except BrokerUnavailable:
+            refused(False)
+        if deltas:
+            try:
+                await producer.queue_delta(session_id, f"d{n} ")
+            except BrokerUnavailable:
+                refused(True)
+        n += 1
+        await anyio.sleep(0.02)
+
+
 def check_delivered(sink: RecordingSink, session_id: str, sent: list[str]) -> bool:
     """Every event published without error arrived, once, in order, numbered
     without a gap; or the session's clients were told to reload (then what
@@ -238,22 +257,13 @@ async def test_a_master_killed_mid_stream(own_cluster: Cluster) -> None:
     stop = anyio.Event()
 
     async def stream(producer: Hub, session_id: str) -> None:
-        n = 0
-        while not stop.is_set():
-            result = f"{session_id}/{n}"
-            try:
-                await producer.broadcast_to_session(
-                    session_id, ToolResult(session_id, f"u{n}", "t", result)
-                )
-                sent[session_id].append(result)
-            except BrokerUnavailable:
-                failures[session_id].append(time.monotonic())
-            try:
-                await producer.queue_delta(session_id, f"d{n} ")
-            except BrokerUnavailable:
+        def refused(delta: bool) -> None:
+            if delta:
                 refused_deltas[session_id] += 1
-            n += 1
-            await anyio.sleep(0.02)
+            else:
+                failures[session_id].append(time.monotonic())
+
+        await stream_until(stop, producer, session_id, sent[session_id], refused, deltas=True)
 
     async with hub(cluster) as a, hub(cluster) as b:
         sinks = []

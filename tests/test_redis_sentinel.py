@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from pathlib import Path
 
 import anyio
 import pytest
 
-from sessionfanout import BrokerUnavailable, Hub, HubConfig, ToolResult
+from sessionfanout import Hub, HubConfig
 from sessionfanout.redis_broker import RedisBroker
 from tests.hubtools import RecordingSink, connect, subscribe, wait_for
 from tests.redis_cluster import Sentinels, wait_until
-from tests.test_redis_cluster import check_delivered, delivered
+from tests.test_redis_cluster import check_delivered, delivered, stream_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio, pytest.mark.slow]
 
@@ -26,16 +24,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.anyio, pytest.mark.slow]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def sentinels(tmp_path: Path) -> Iterator[Sentinels]:
-    deployment = Sentinels(tmp_path)
-    deployment.start()
-    try:
-        yield deployment
-    finally:
-        deployment.stop()
 
 
 def hub(sentinels: Sentinels) -> Hub:
@@ -55,18 +43,10 @@ async def test_the_master_killed_mid_stream(sentinels: Sentinels) -> None:
     stop = anyio.Event()
 
     async def stream(producer: Hub, session_id: str) -> None:
-        n = 0
-        while not stop.is_set():
-            result = f"{session_id}/{n}"
-            try:
-                await producer.broadcast_to_session(
-                    session_id, ToolResult(session_id, f"u{n}", "t", result)
-                )
-                sent[session_id].append(result)
-            except BrokerUnavailable:
-                failures.append(time.monotonic())
-            n += 1
-            await anyio.sleep(0.02)
+        def refused(delta: bool) -> None:
+            failures.append(time.monotonic())
+
+        await stream_until(stop, producer, session_id, sent[session_id], refused)
 
     async with hub(sentinels) as a, hub(sentinels) as b:
         sinks: list[RecordingSink] = []
