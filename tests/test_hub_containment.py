@@ -24,6 +24,7 @@ from sessionfanout import (
     TextDelta,
     UnknownConnection,
 )
+from sessionfanout.testing import TestClient
 from tests.hubtools import RecordingSink, connect, subscribe, virtual_clock, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -231,3 +232,20 @@ async def test_server_side_calls_on_a_stranger_connection_raise_unknown_connecti
             await b.handle_message(connection, '{"type":"subscribe","sessionId":"s"}')
         with pytest.raises(UnknownConnection):
             await b.subscribe(connection, "s")
+
+
+@virtual_clock()
+async def test_a_broker_whose_deadline_fails_does_not_stop_the_scheduler() -> None:
+    from sessionfanout import LocalBroker
+
+    class Failing(LocalBroker):
+        def next_deadline(self) -> float | None:
+            raise RuntimeError("a broker's bug")
+
+    async with Hub(HubConfig(batch_interval=0.05, client_rate=None), broker=Failing()) as hub:
+        client = await TestClient.connect(hub)
+        await client.subscribe("s")
+        await hub.queue_delta("s", "still batched")
+        frame = await client.receive(type="text_delta", timeout=5)
+        assert "still batched" == frame["delta"]
+        assert hub.statistics().session_faults >= 1

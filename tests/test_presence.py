@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -177,7 +177,8 @@ async def test_a_presence_info_hook_that_fails_says_nothing_and_is_counted(
 
 @pytest.mark.parametrize(
     "setting", [{"presence_interval": 0}, {"presence_interval": float("inf")},
-                {"presence_info": "not callable"}],
+                {"presence_interval": True}, {"presence_info": "not callable"},
+                {"authorize": 3}, {"may_abort": "x"}],
 )  # fmt: skip
 def test_presence_settings_are_checked(setting: dict[str, Any]) -> None:
     with pytest.raises(InvalidArgument, match=next(iter(setting))):
@@ -244,3 +245,11 @@ async def test_a_read_of_other_processes_that_hangs_gives_way_to_what_is_known()
         await other.subscribe("s")
         joined = await client.receive(type="presence", timeout=5)
         assert [other.connection.id] == ids(joined["joined"])
+
+
+async def test_a_server_side_subscribe_refuses_a_presence_that_is_not_a_bool() -> None:
+    async with Hub() as hub:
+        client = await TestClient.connect(hub)
+        with pytest.raises(InvalidArgument, match="presence"):
+            await hub.subscribe(client.connection, "s", presence=cast(Any, "yes"))
+        assert frozenset() == hub.sessions_of(client.connection), "nothing changed"

@@ -102,3 +102,19 @@ def test_the_recording_sink_decodes_and_filters() -> None:
     assert [{"type": "complete", "sessionId": "a", "seq": 1}] == sink.session_frames("a")
     assert ["connected"] == [f["type"] for f in sink.of_type("connected")]
     assert not hasattr(sink, "try_send"), "queued through a writer unless direct=True"
+
+
+async def test_two_waits_on_one_client_are_both_woken() -> None:
+    async with Hub() as hub, anyio.create_task_group() as tg:
+        client = await TestClient.connect(hub)
+        got: list[str] = []
+
+        async def receive(session_id: str) -> None:
+            got.append((await client.receive(session=session_id, timeout=5))["sessionId"])
+
+        tg.start_soon(receive, "s1")
+        tg.start_soon(receive, "s2")
+        await anyio.sleep(0.01)
+        await hub.subscribe(client.connection, "s1")
+        await hub.subscribe(client.connection, "s2")
+    assert ["s1", "s2"] == sorted(got)

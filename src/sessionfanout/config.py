@@ -58,7 +58,8 @@ def _optional_positive(instance: object, attribute: attrs.Attribute[Any], value:
 
 
 def _finite_positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, int | float) or not 0 < value < math.inf:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not 0 < value < math.inf:
         raise InvalidArgument(f"HubConfig.{attribute.name} must be seconds > 0, got {value!r}")
 
 
@@ -96,9 +97,11 @@ class HubConfig:
     """An unanswered permission request is denied after this long (seconds)."""
     max_frame_bytes: int = attrs.field(default=DEFAULT_MAX_FRAME_BYTES, validator=_positive)
     """Client frames over this size are refused with ``too_large`` unparsed."""
-    authorize: AuthorizeHook | None = None
+    authorize: AuthorizeHook | None = attrs.field(default=None, validator=_optional_callable)
     """Decides each subscribe; None allows every session."""
-    may_abort: AuthorizeHook | None = subscribers_may_abort
+    may_abort: AuthorizeHook | None = attrs.field(
+        default=subscribers_may_abort, validator=_optional_callable
+    )
     """Decides a client's ``abort`` frame; the default allows the session's
     subscribers; None refuses every one (``forbidden``)."""
     presence_info: PresenceInfoHook | None = attrs.field(default=None, validator=_optional_callable)

@@ -53,17 +53,24 @@ class Scheduler:
                 await self._run_due(now)
             except Exception as exc:
                 self._contain(None, "the scheduler's work", exc)
-            deadlines = [
-                self._publisher.batcher.next_deadline(),
-                self._approvals.table.next_deadline(),
-                self._broker.next_deadline(),
-            ]
-            if self._delivery.writers.count:  # idle writers are swept only while there are some
-                deadlines.append(self._next_sweep)
-            self.wake_at = min((d for d in deadlines if d is not None), default=math.inf)
+            try:
+                self.wake_at = self._next_deadline()
+            except Exception as exc:  # a broker's bug: try again soon
+                self._contain(None, "the scheduler's deadlines", exc)
+                self.wake_at = now + self._config.writer_idle_seconds
             wakeup = self._wakeup = runtime.new_wakeup()
             with anyio.move_on_after(self.wake_at - now):
                 await wakeup.wait()
+
+    def _next_deadline(self) -> float:
+        deadlines = [
+            self._publisher.batcher.next_deadline(),
+            self._approvals.table.next_deadline(),
+            self._broker.next_deadline(),  # the broker's: contained like the rest
+        ]
+        if self._delivery.writers.count:  # idle writers are swept only while there are some
+            deadlines.append(self._next_sweep)
+        return min((d for d in deadlines if d is not None), default=math.inf)
 
     def wake_by(self, deadline: float) -> None:
         """New work is due at ``deadline``: wake the scheduler if it would sleep past it."""

@@ -47,7 +47,8 @@ class RecordingSink:
 
     def _take(self, text: str) -> bool:
         self.texts.append(text)
-        self._arrived.set()
+        self._arrived.set()  # wakes every waiter; the next ones wait on a new event
+        self._arrived = anyio.Event()
         return True
 
     async def send(self, text: str) -> None:
@@ -56,10 +57,10 @@ class RecordingSink:
     async def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
         self._arrived.set()
+        self._arrived = anyio.Event()
 
     async def wait(self) -> None:
         """Until another frame arrives (or the sink is closed)."""
-        self._arrived = anyio.Event()
         await self._arrived.wait()
 
     @property
