@@ -735,3 +735,56 @@ async def test_presence_is_whole_again_after_redis_restarts_empty(redis_server: 
                 view -= {m["connectionId"] for m in frame.get("left", [])}
                 view |= {m["connectionId"] for m in frame.get("joined", [])}
         assert everyone == view
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [("reconnect_max_delay", "5"), ("reconnect_max_delay", 0), ("reconnect_max_delay", True),
+     ("client_name", ""), ("client_name", "two words"), ("client_name", 7)],
+)  # fmt: skip
+def test_reconnect_delays_and_client_names_that_redis_cannot_take_are_refused(
+    argument: str, value: Any
+) -> None:
+    with pytest.raises(InvalidArgument, match=argument):
+        RedisBroker(**{argument: value})
+
+
+async def test_each_reconnect_that_works_starts_the_backoff_again(redis_server: Any) -> None:
+    """A long-lived process whose pub/sub connection drops now and then comes
+    back within moments each time, not after the longest backoff."""
+    async with hub(redis_server) as a:
+        raw = aioredis.Redis.from_url(redis_server.url)
+        for drops in range(1, 9):
+            await raw.client_kill_filter(_type="pubsub")
+            started = anyio.current_time()
+            await wait_for(lambda n=drops: a.statistics().broker["reconnects"] >= n)
+            assert anyio.current_time() - started < 2.0, f"drop {drops}"
+        await raw.aclose()
+
+
+async def test_subscribing_again_to_a_busy_session_does_not_stall(redis_server: Any) -> None:
+    """Unsubscribed and subscribed again while the session's messages still come:
+    those on the socket from before must not hold up the new subscription."""
+    async with hub(redis_server) as a, anyio.create_task_group() as tg:
+        raw = aioredis.Redis.from_url(redis_server.url)
+        channel = Names("sessionfanout", "").channel("s")
+        stop = anyio.Event()
+
+        async def flood() -> None:
+            while not stop.is_set():
+                async with raw.pipeline(transaction=False) as pipe:
+                    for _ in range(50):
+                        pipe.publish(channel, "not an envelope")
+                    await pipe.execute()
+
+        tg.start_soon(flood)
+        connection, _ = await connect(a)
+        for _ in range(10):
+            await a.subscribe(connection, "s")
+            await a.unsubscribe(connection, "s")
+            started = anyio.current_time()
+            await a.subscribe(connection, "s")
+            assert anyio.current_time() - started < 3.0
+            await a.unsubscribe(connection, "s")
+        stop.set()
+    await raw.aclose()

@@ -53,6 +53,12 @@ class _Parts:
     topology: Topology | None
 
 
+def _seconds(name: str, value: object, least: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not least <= value < 1e6:
+        raise InvalidArgument(f"{name} must be seconds >= {least}, got {value!r:.80}")
+    return float(value)
+
+
 class RedisBroker:
     """The Redis backplane; see the package docstring.
 
@@ -80,12 +86,16 @@ class RedisBroker:
         self._target = Target.parse(url)
         self.url = url
         self.prefix = prefix
-        self.reconnect_max_delay = reconnect_max_delay
+        self.reconnect_max_delay = _seconds("reconnect_max_delay", reconnect_max_delay, 0.01)
+        if client_name is not None and (
+            not isinstance(client_name, str) or client_name.split() != [client_name]
+        ):
+            raise InvalidArgument(
+                f"client_name must be a non-empty string without spaces, or None;"
+                f" got {client_name!r:.80}"
+            )
         self.client_name = client_name
-        seconds = isinstance(presence_ttl, int | float) and not isinstance(presence_ttl, bool)
-        if not seconds or not 0.3 <= presence_ttl < 1e6:
-            raise InvalidArgument(f"presence_ttl must be seconds >= 0.3, got {presence_ttl!r}")
-        self.presence_ttl = float(presence_ttl)
+        self.presence_ttl = _seconds("presence_ttl", presence_ttl, 0.3)
         if secret is not None and (not isinstance(secret, str | bytes) or not secret):
             raise InvalidArgument("secret must be a non-empty str or bytes, or None")
         self._signer = Signer(secret)
@@ -214,16 +224,20 @@ class RedisBroker:
     async def _keep_listening(self) -> None:
         """The pub/sub connection, reconnected with backoff whenever it fails."""
         delay = 0.05
+
+        def connected() -> None:
+            nonlocal delay
+            delay = 0.05  # the backoff starts again after each connection that worked
+            self._on_connected()
+
         while True:
             with anyio.CancelScope() as self._connection_scope:
                 try:
-                    await self._get().listener.listen(self._on_connected)
+                    await self._get().listener.listen(connected)
                 except CONNECTION_ERRORS as exc:
                     logger.info("Redis pub/sub unavailable (%s); retrying in %.2fs", exc, delay)
                 except Exception as exc:  # a bug: reconnect and catch up, never end the hub
                     logger.error("the Redis listener failed; reconnecting", exc_info=exc)
-                else:
-                    delay = 0.05
             # Publishing needs only the command connection: it goes on while this
             # one reconnects (the catch-up then delivers what it missed here).
             if self._available and not await self._commands_answer():

@@ -172,6 +172,11 @@ class Listener:
                 self.on_presence(data)
             else:
                 session_id = names.session_of(channel)
+                if self._confirming(channel):
+                    # Still on the socket from before an unwatch: the seed that
+                    # follows the confirmation holds it. Waiting for the seed here
+                    # would stop this reader, and with it the confirmation.
+                    return
                 seeding = self._seeding.get(session_id)
                 if seeding is not None:
                     await seeding.wait()
@@ -187,6 +192,13 @@ class Listener:
                 exc,
                 extra={"session_id": session},
             )
+
+    def _confirming(self, channel: str) -> bool:
+        """A subscribe to the channel waits for its confirmation."""
+        confirmed = self._confirmed.get(channel)
+        if confirmed is not None and not confirmed.is_set():
+            return True
+        return self.shards is not None and self.shards.confirming(channel)
 
     def _record(self, session_id: str, envelope: Envelope) -> Recorded:
         """Keep the event if it is the next one of the session, and deliver it."""

@@ -204,13 +204,15 @@ class Publisher:
                         self._refused[group[0].session_id] = anyio.current_time() + REFUSE_FOR
                     for outgoing in group:
                         outgoing.finish(result)
+                elif group[0].session_id is None:  # a command of its own (a marker, a global)
+                    group[0].finish()
                 elif isinstance(result, list):  # the session was elsewhere: it says where
                     self._elsewhere(group[0].session_id, result[0] or None, int(result[1]))
                     self._counters.retried += len(group)
                     retry += group
                 else:
-                    self._lost.pop(str(group[0].session_id), None)
-                    self._refused.pop(str(group[0].session_id), None)
+                    self._lost.pop(group[0].session_id, None)
+                    self._refused.pop(group[0].session_id, None)
                     self._predict(group[0].session_id, epoch, int(result))
                     self._counters.published += len(group)
                     for outgoing in group:

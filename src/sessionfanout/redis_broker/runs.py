@@ -77,14 +77,16 @@ class Runs:
         marked = anyio.current_time()
         while True:
             await anyio.sleep(UNMARK_RETRY)
-            if self._ended:
-                await self._unmark()
-            if self._local and anyio.current_time() - marked >= RUN_TTL / 3:
-                marked = anyio.current_time()
-                try:
+            try:
+                if self._ended:
+                    await self._unmark()
+                if self._local and anyio.current_time() - marked >= RUN_TTL / 3:
+                    marked = anyio.current_time()
                     await self._mark(list(self._local))
-                except BrokerUnavailable as exc:
-                    logger.info("could not refresh runs: %s", exc)
+            except BrokerUnavailable as exc:
+                logger.info("could not refresh runs: %s", exc)
+            except Exception as exc:  # never ends the broker; tried again next time
+                logger.error("refreshing runs failed", exc_info=exc)
 
     async def _mark(self, sessions: list[str]) -> None:
         expires = _now_ms() + int(RUN_TTL * 1000)

@@ -63,6 +63,8 @@ class _Node:
     node: ClusterNode
     channels: set[str] = attrs.field(factory=set)
     pubsub: PubSub | None = None
+    connected: bool = False
+    """The connection got as far as serving: the backoff starts again."""
     scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
 
 
@@ -112,6 +114,11 @@ class Shards:
         finally:
             self._confirmed.pop(channel, None)
 
+    def confirming(self, channel: str) -> bool:
+        """A subscribe to the channel waits for its confirmation."""
+        confirmed = self._confirmed.get(channel)
+        return confirmed is not None and not confirmed.is_set()
+
     def unsubscribe(self, channel: str) -> None:
         name = self._home.pop(channel, None)
         entry = self._nodes.get(name) if name else None
@@ -135,7 +142,7 @@ class Shards:
             node = self._topology.owner(channel)
         except SlotNotCoveredError:
             if self._home.get(channel) != "" and self._task_group is not None:
-                self._task_group.start_soon(self._find, channel)
+                self._task_group.start_soon(self._contained, self._find, channel)
             self._home[channel] = ""
             return None
         self._home[channel] = node.name
@@ -161,11 +168,20 @@ class Shards:
                 old.channels.discard(channel)
             entry = self._place(channel)
             if entry is not None and entry.pubsub is not None and self._task_group is not None:
-                self._task_group.start_soon(self._move, entry.pubsub, channel)
+                self._task_group.start_soon(self._contained, self._move, entry.pubsub, channel)
         for name, entry in list(self._nodes.items()):
             if not entry.channels:
                 del self._nodes[name]
                 entry.scope.cancel()
+
+    @staticmethod
+    async def _contained(work: Callable[..., Awaitable[object]], *args: Any) -> None:
+        """One piece of work on the hub's task group: an unexpected error in it
+        is logged, never raised into the group (it would end the hub)."""
+        try:
+            await work(*args)
+        except Exception as exc:
+            logger.error("%s failed", work.__name__, exc_info=exc)
 
     async def _find(self, channel: str) -> None:
         """Read the slot map until a master serves the channel's slot
@@ -201,7 +217,9 @@ class Shards:
                 except Exception as exc:  # a bug: reconnect and catch up
                     logger.error("a shard subscription failed", exc_info=exc)
                 entry.pubsub = None
-                await self._topology.refresh()
+                if entry.connected:
+                    entry.connected, delay = False, 0.05
+                await self._contained(self._topology.refresh)
                 await anyio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
 
@@ -222,6 +240,7 @@ class Shards:
                             subscribed.add(message["channel"])
                         await self._handle(message, entry)
             entry.pubsub = pubsub
+            entry.connected = True
             for channel in subscribed & entry.channels:
                 await self._catch_up(self._session_of(channel))
             while True:
@@ -244,7 +263,7 @@ class Shards:
             # Not asked for (``unsubscribe`` forgets the channel first): the
             # server ends shard subscriptions of a slot that moved to another master.
             assert self._task_group is not None
-            self._task_group.start_soon(self._dropped, channel, entry.node.name)
+            self._task_group.start_soon(self._contained, self._dropped, channel, entry.node.name)
 
     async def _dropped(self, channel: str, name: str) -> None:
         """Find where the channel's slot went (``_rehome`` moves it there), or
