@@ -72,9 +72,11 @@ class WebSocketSink:
     def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
         self._unfinished: asyncio.Task[None] | None = None
+        self._failed: BaseException | None = None
+        """How a send finished by its own task failed: the next send raises it."""
 
     def try_send(self, text: str) -> bool:
-        if self._unfinished is not None:
+        if self._unfinished is not None or self._failed is not None:
             return False
         step = self.websocket.send({"type": "websocket.send", "text": text})
         try:
@@ -87,12 +89,16 @@ class WebSocketSink:
     async def _finish(self, step: Coroutine[Any, Any, None], waiting: Any) -> None:
         try:
             await finish_send(step, waiting)
+        except Exception as exc:
+            self._failed = exc
         finally:
             self._unfinished = None
 
     async def send(self, text: str) -> None:
         if self._unfinished is not None:
-            await self._unfinished
+            await asyncio.wait((self._unfinished,))
+        if self._failed is not None:
+            raise self._failed
         await self.websocket.send_text(text)
 
     async def close(self, code: int, reason: str) -> None:

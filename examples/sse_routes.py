@@ -14,7 +14,6 @@ slow-consumer policy (its sink waits while the response is not read).
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import anyio
@@ -130,10 +129,6 @@ class Streams:
             return JSONResponse({"error": "server shutting down"}, status_code=503)
         streaming = False
         try:
-            # The hub's own hook, as a WebSocket client's subscribe asks it.
-            allowed = await self._allowed(connection, session_id)
-            if not allowed:
-                return failure(403, f"not allowed to see {session_id!r:.80}", "forbidden")
             await self.hub.subscribe(
                 connection,
                 session_id,
@@ -141,22 +136,18 @@ class Streams:
                 epoch,
                 from_start=from_start and last_seq is None,
                 presence=request.query_params.get("presence") == "true",
+                authorize=True,  # the hub's own hook, as a WebSocket client's subscribe asks it
             )
             self.open[connection.id] = (connection, sink)
             streaming = True
             return EventStream(self, connection, sink)
+        except ProtocolError as exc:  # the hook said no
+            return failure(STATUS.get(exc.code, 400), exc.message, exc.code)
         except InvalidArgument as exc:
             return failure(400, str(exc), "invalid_message")
         finally:
             if not streaming:  # refused or failed: no connection is left behind
                 await self.hub.disconnect(connection)
-
-    async def _allowed(self, connection: Connection, session_id: str) -> bool:
-        hook = self.hub.config.authorize
-        if hook is None:
-            return True
-        verdict = hook(connection, session_id)
-        return (await verdict if inspect.isawaitable(verdict) else verdict) is True
 
     async def post_permission(self, request: Request) -> Response:
         session_id = request.path_params["session_id"]

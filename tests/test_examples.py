@@ -144,6 +144,27 @@ async def test_a_paused_direct_write_that_fails_fails_the_next_send(anyio_backen
         await sink.send("b")
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_paused_write_that_failed_before_the_next_frame_is_not_forgotten(
+    anyio_backend: str,
+) -> None:
+    import asyncio
+
+    from asgi_app import WebSocketSink
+
+    websocket = PausingWebSocket()
+    sink = WebSocketSink(cast(Any, websocket))
+    websocket.full = asyncio.get_running_loop().create_future()
+    assert sink.try_send("a")
+    websocket.full.set_exception(ConnectionResetError("gone"))
+    await asyncio.sleep(0.01)  # the send's own task has ended
+    websocket.full = None
+    assert not sink.try_send("b"), "not taken: the connection is broken"
+    with pytest.raises(ConnectionResetError):
+        await sink.send("b")
+    assert [] == websocket.sent
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -253,3 +253,24 @@ async def test_a_server_side_subscribe_refuses_a_presence_that_is_not_a_bool() -
         with pytest.raises(InvalidArgument, match="presence"):
             await hub.subscribe(client.connection, "s", presence=cast(Any, "yes"))
         assert frozenset() == hub.sessions_of(client.connection), "nothing changed"
+
+
+async def test_a_server_side_subscribe_may_ask_the_authorize_hook() -> None:
+    from sessionfanout import ProtocolError
+
+    def hook(connection: Connection, session_id: str) -> bool:
+        if session_id == "broken":
+            raise RuntimeError("the hook's bug")
+        return session_id != "private"
+
+    async with Hub(HubConfig(authorize=hook)) as hub:
+        client = await TestClient.connect(hub)
+        for session_id in ("private", "broken"):
+            with pytest.raises(ProtocolError) as refused:
+                await hub.subscribe(client.connection, session_id, authorize=True)
+            assert "forbidden" == refused.value.code
+        await hub.subscribe(client.connection, "private")  # the server's own authority
+        await hub.subscribe(client.connection, "open", authorize=True)
+        assert {"private", "open"} == hub.sessions_of(client.connection)
+        with pytest.raises(InvalidArgument, match="authorize"):
+            await hub.subscribe(client.connection, "open", authorize=cast(Any, "yes"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -104,17 +104,31 @@ def test_the_recording_sink_decodes_and_filters() -> None:
     assert not hasattr(sink, "try_send"), "queued through a writer unless direct=True"
 
 
-async def test_two_waits_on_one_client_are_both_woken() -> None:
-    async with Hub() as hub, anyio.create_task_group() as tg:
+async def test_a_frame_wakes_every_task_waiting_on_the_sink() -> None:
+    from sessionfanout.testing import RecordingSink
+
+    sink = RecordingSink()
+    woken: list[int] = []
+
+    async def wait(n: int) -> None:
+        await sink.wait()
+        woken.append(n)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait, 1)
+            tg.start_soon(wait, 2)
+            await anyio.sleep(0.01)
+            await sink.send("{}")
+    assert [1, 2] == sorted(woken)
+
+
+async def test_the_test_client_checks_its_arguments() -> None:
+    from sessionfanout import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="hub"):
+        await TestClient.connect(cast(Any, "not a hub"))
+    async with Hub() as hub:
         client = await TestClient.connect(hub)
-        got: list[str] = []
-
-        async def receive(session_id: str) -> None:
-            got.append((await client.receive(session=session_id, timeout=5))["sessionId"])
-
-        tg.start_soon(receive, "s1")
-        tg.start_soon(receive, "s2")
-        await anyio.sleep(0.01)
-        await hub.subscribe(client.connection, "s1")
-        await hub.subscribe(client.connection, "s2")
-    assert ["s1", "s2"] == sorted(got)
+        with pytest.raises(InvalidArgument, match="timeout"):
+            await client.receive(timeout=cast(Any, "5"))

@@ -255,20 +255,23 @@ class Hub:
         *,
         from_start: bool = False,
         presence: bool = False,
+        authorize: bool = False,
     ) -> Subscribed:
-        """Subscribe a connection on the server's own authority (the ``authorize``
-        hook is not asked): exactly what a client's ``subscribe`` frame does,
-        replay included (``from_start``: a late joiner, ``"from": "start"``;
-        ``presence``: ``presence`` frames too). Returns the ``subscribed``
-        reply the client was sent."""
+        """Subscribe a connection: exactly what a client's ``subscribe`` frame
+        does, replay included (``from_start``: a late joiner, ``"from":
+        "start"``; ``presence``: ``presence`` frames too), on the server's own
+        authority unless ``authorize`` asks the hook (a refusal raises
+        ``ProtocolError`` ``forbidden``). Returns the ``subscribed`` reply."""
         if not self._running:
             raise HubClosed(NOT_RUNNING)
         self._clients.check_connected(connection)
         if not isinstance(from_start, bool) or (from_start and last_seq is not None):
             raise InvalidArgument("from_start is a bool, and excludes last_seq")
+        if not isinstance(authorize, bool):
+            raise InvalidArgument(f"authorize must be a bool, got {describe(authorize)}")
         start: Literal["start"] | None = "start" if from_start else None
         message = Subscribe(session_id, last_seq, epoch, start, presence)
-        subscribed = await self._clients.subscribe(connection, message, authorize=False)
+        subscribed = await self._clients.subscribe(connection, message, authorize=authorize)
         if subscribed is None:
             raise UnknownConnection(f"{connection!r} went away while subscribing")
         return subscribed

@@ -23,7 +23,9 @@ from typing import Any
 
 import anyio
 
+from .checks import check_timeout, describe
 from .connection import Connection
+from .errors import InvalidArgument
 from .hub import Hub
 
 __all__ = ("RecordingSink", "TestClient")
@@ -87,7 +89,9 @@ class TestClient:
 
     @classmethod
     async def connect(cls, hub: Hub, context: Any = None, *, direct: bool = False) -> TestClient:
-        sink = RecordingSink(direct=direct)
+        if not isinstance(hub, Hub):
+            raise InvalidArgument(f"hub must be a Hub, got {describe(hub)}")
+        sink = RecordingSink(direct=direct is True)
         return cls(hub, await hub.connect(sink, context), sink)
 
     @property
@@ -130,7 +134,9 @@ class TestClient:
             frame["presence"] = True
         await self.send(frame)
         return await self.receive(
-            type=("subscribed", "client_error"), session=None, timeout=timeout
+            type=("subscribed", "client_error"),
+            where=lambda f: f.get("sessionId", session_id) == session_id,
+            timeout=timeout,
         )
 
     async def unsubscribe(
@@ -174,6 +180,7 @@ class TestClient:
                 and (where is None or where(frame))
             )
 
+        check_timeout("timeout", timeout)
         with anyio.move_on_after(timeout):
             while True:
                 texts = self.sink.texts

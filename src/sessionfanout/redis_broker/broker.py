@@ -59,6 +59,14 @@ def _seconds(name: str, value: object, least: float) -> float:
     return float(value)
 
 
+def _client_name(value: object) -> str | None:
+    if value is None or (isinstance(value, str) and value.split() == [value]):
+        return value
+    raise InvalidArgument(
+        f"client_name must be a non-empty string without spaces, or None; got {value!r:.80}"
+    )
+
+
 class RedisBroker:
     """The Redis backplane; see the package docstring.
 
@@ -87,14 +95,7 @@ class RedisBroker:
         self.url = url
         self.prefix = prefix
         self.reconnect_max_delay = _seconds("reconnect_max_delay", reconnect_max_delay, 0.01)
-        if client_name is not None and (
-            not isinstance(client_name, str) or client_name.split() != [client_name]
-        ):
-            raise InvalidArgument(
-                f"client_name must be a non-empty string without spaces, or None;"
-                f" got {client_name!r:.80}"
-            )
-        self.client_name = client_name
+        self.client_name = _client_name(client_name)
         self.presence_ttl = _seconds("presence_ttl", presence_ttl, 0.3)
         if secret is not None and (not isinstance(secret, str | bytes) or not secret):
             raise InvalidArgument("secret must be a non-empty str or bytes, or None")
