@@ -53,9 +53,7 @@ class Publisher:
         """
         body = encode(event)  # first: an event that cannot be encoded changes nothing
         session_id = event.session_id
-        batch = self.batcher.flush(session_id)
-        if batch is not None:
-            self.publish_batch(batch)
+        self.flush(session_id)
         try:
             return self._broker.publish(session_id, body, is_delta=False)
         except SessionFanoutError:
